@@ -1,0 +1,95 @@
+"""The Selfcare IdP: an OpenID Connect provider for a mobile operator's business self-care portal (SPEC §1).
+
+``create_app`` only wires: configuration → extensions → blueprints → CLI → error handlers.
+"""
+from __future__ import annotations
+
+from flask import Flask, g, render_template, request
+from flask_babel import gettext as _
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import config, keystore, sessions, store
+from .extensions import babel, csrf, db, migrate
+
+
+def _select_locale():
+    chosen = g.get("locale")
+    if chosen:
+        return chosen
+    languages = request.args.get("ui_locales", "").split() if request else []
+    for tag in languages:
+        lang = tag.split("-")[0].lower()
+        if lang in ("it", "en"):
+            return lang
+    return request.accept_languages.best_match(["it", "en"], default="it") if request else "it"
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    config.load(app, test_config)
+    if int(app.config["PROXY_FIX_HOPS"]) > 0:
+        hops = int(app.config["PROXY_FIX_HOPS"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+
+    db.init_app(app)
+    import os
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "migrations"),
+                     render_as_batch=True, compare_type=True)
+    csrf.init_app(app)
+    babel.init_app(app, locale_selector=_select_locale)
+    store.init_app(app)
+    keystore.init_app(app)
+    from .oauth import server as oauth_server
+    oauth_server.init_app(app)
+
+    from .flows import login
+    from .oauth import views as oauth_views
+    app.register_blueprint(oauth_views.bp)
+    app.register_blueprint(login.bp)
+
+    from . import cli, msisdn
+    cli.init_app(app)
+    app.add_template_filter(msisdn.mask, "mask_line")
+    from flask_babel import get_locale
+    app.jinja_env.globals["current_locale"] = lambda: str(get_locale() or "it")
+    _register_handlers(app)
+    return app
+
+
+def _register_handlers(app: Flask) -> None:
+    @app.after_request
+    def _headers(response):
+        sessions.write_cookie(response)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Content-Security-Policy",
+                                        "default-src 'self'; frame-ancestors 'none'; form-action 'self' http: https:")
+            response.headers.setdefault("X-Frame-Options", "DENY")
+            response.headers.setdefault("Referrer-Policy", "no-referrer")
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(error):
+        return render_template("error.html", title=_("Modulo scaduto"),
+                               message=_("Il modulo è scaduto o non è valido. Torna indietro e riprova.")), 400
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error):
+        if request.path in ("/token", "/revoke", "/introspect", "/userinfo"):
+            return {"error": "invalid_request", "error_description": error.description}, error.code
+        messages = {404: _("La pagina richiesta non esiste."), 405: _("Metodo non consentito."),
+                    413: _("La richiesta è troppo grande.")}
+        return render_template("error.html", title=_("Errore"),
+                               message=messages.get(error.code, _("La richiesta non è valida."))), error.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(error):
+        app.logger.exception("unhandled error on %s", request.path)
+        db.session.rollback()
+        if request.path in ("/token", "/revoke", "/introspect", "/userinfo"):
+            return {"error": "server_error"}, 500
+        return render_template("error.html", title=_("Servizio non disponibile"),
+                               message=_("Si è verificato un errore. Riprova tra qualche minuto.")), 500

@@ -1,0 +1,148 @@
+"""Operators' command line (SPEC §5): ``flask --app wsgi idp clients|keys|demo …``.
+
+The schema is managed with Flask-Migrate: ``flask --app wsgi db upgrade``.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from . import keystore
+from .oauth import clients as client_registry
+
+idp = AppGroup("idp", help="Selfcare IdP operations.")
+
+
+def init_app(app) -> None:
+    app.cli.add_command(idp)
+
+
+def _split(values) -> list[str]:
+    out = []
+    for value in values:
+        out.extend(v for v in value.replace(",", " ").split() if v)
+    return out
+
+
+# clients --------------------------------------------------------------------------------------------------------
+@idp.group("clients", help="Register, list, show and disable relying parties.")
+def clients_group():
+    pass
+
+
+@clients_group.command("create")
+@click.option("--name", required=True, help="Name shown to people on the login page.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Exact redirect URI (repeatable).")
+@click.option("--post-logout-uri", "post_logout_uris", multiple=True, help="Exact post-logout URI (repeatable).")
+@click.option("--grant-type", "grant_types", multiple=True,
+              help="authorization_code, refresh_token, client_credentials (repeatable).")
+@click.option("--scope", default="openid", show_default=True, help="Scopes the client may request.")
+@click.option("--auth-method", default="client_secret_basic", show_default=True,
+              type=click.Choice(client_registry.AUTH_METHODS))
+@click.option("--jwks", "jwks_file", type=click.File("r"), help="The client's public JWKS (private_key_jwt).")
+@click.option("--id-token-alg", type=click.Choice(client_registry.SIGNING_ALGS), help="Default: the server's.")
+@click.option("--first-party", is_flag=True, help="An application of the operator itself.")
+@click.option("--may-introspect", is_flag=True, help="A resource server that may introspect every token.")
+@click.option("--client-id", help="Choose the client_id (default: random).")
+@click.option("--secret", help="Choose the secret (default: random; shown once).")
+def clients_create(name, redirect_uris, post_logout_uris, grant_types, scope, auth_method, jwks_file, id_token_alg,
+                   first_party, may_introspect, client_id, secret):
+    try:
+        row, secret = client_registry.create(
+            name, redirect_uris=_split(redirect_uris), post_logout_redirect_uris=_split(post_logout_uris),
+            grant_types=_split(grant_types) or ["authorization_code", "refresh_token"], scope=scope,
+            auth_method=auth_method, jwks=json.load(jwks_file) if jwks_file else None, id_token_alg=id_token_alg,
+            first_party=first_party, may_introspect=may_introspect, client_id=client_id, secret=secret)
+    except (client_registry.ClientError, json.JSONDecodeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"client_id:     {row.client_id}")
+    if secret:
+        click.echo(f"client_secret: {secret}   (shown once: only its hash is stored)")
+
+
+@clients_group.command("list")
+def clients_list():
+    for row in client_registry.all_clients():
+        state = "disabled" if row.disabled else "active"
+        click.echo(f"{row.client_id}\t{state}\t{row.meta.get('token_endpoint_auth_method')}\t{row.name}")
+
+
+@clients_group.command("show")
+@click.argument("client_id")
+def clients_show(client_id):
+    row = client_registry.get(client_id)
+    if row is None:
+        raise click.ClickException(f"no client {client_id}")
+    click.echo(json.dumps({"client_id": row.client_id, "name": row.name, "first_party": row.first_party,
+                           "disabled": row.disabled, **row.meta}, indent=2))
+
+
+@clients_group.command("disable")
+@click.argument("client_id")
+def clients_disable(client_id):
+    try:
+        client_registry.disable(client_id)
+    except client_registry.ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ttl = current_app.config["CLIENT_CACHE_TTL"]
+    click.echo(f"disabled {client_id}; its tokens are revoked; running workers stop accepting it within {ttl} s")
+
+
+# keys -----------------------------------------------------------------------------------------------------------
+@idp.group("keys", help="Signing keys (next → active → retired).")
+def keys_group():
+    pass
+
+
+@keys_group.command("list")
+def keys_list():
+    for key in keystore.read_all(current_app.config["KEYS_DIR"]):
+        click.echo(f"{key.kid}\t{key.alg}\t{key.state}\tcreated {key.created_at}")
+
+
+@keys_group.command("generate")
+@click.option("--alg", type=click.Choice(keystore.ALGORITHMS), default="ES256", show_default=True)
+@click.option("--activate", "activate_now", is_flag=True,
+              help="Make it the active key at once (first set-up only: no key of this algorithm may be active).")
+def keys_generate(alg, activate_now):
+    folder = current_app.config["KEYS_DIR"]
+    if activate_now and any(k.alg == alg and k.state == "active" for k in keystore.read_all(folder)):
+        raise click.ClickException(f"an {alg} key is already active: generate a next key and rotate instead")
+    key = keystore.generate(alg, state="active" if activate_now else "next")
+    if activate_now:
+        import time
+        key.activated_at = int(time.time())
+    keystore.write(folder, key)
+    click.echo(f"{key.kid}\t{key.alg}\t{key.state}")
+
+
+@keys_group.command("ensure")
+def keys_ensure():
+    """Give every algorithm an active key if it has none (idempotent; used by set-up)."""
+    import time
+    folder = current_app.config["KEYS_DIR"]
+    present = {k.alg for k in keystore.read_all(folder) if k.state == "active"}
+    for alg in keystore.ALGORITHMS:
+        if alg not in present:
+            key = keystore.generate(alg, state="active")
+            key.activated_at = int(time.time())
+            keystore.write(folder, key)
+            click.echo(f"generated active {alg} key {key.kid}")
+
+
+# demo -----------------------------------------------------------------------------------------------------------
+@idp.command("demo")
+@click.option("--rp-url", default="http://127.0.0.1:5001", show_default=True, help="Where the demo RP runs.")
+@click.option("--rp-config", type=click.Path(dir_okay=False), help="Write the demo RP's client settings here.")
+def demo(rp_url, rp_config):
+    """Load demo directory data, a demo account and the demo RP's client (idempotent)."""
+    from . import demo as demo_data
+    info = demo_data.load(rp_url)
+    if rp_config:
+        with open(rp_config, "w", encoding="utf-8") as fh:
+            json.dump(info["rp"], fh, indent=2)
+    click.echo("Demo account:  line " + info["account"]["line"] + "   password " + info["account"]["password"])
+    click.echo("Demo RP client: " + info["rp"]["client_id"])

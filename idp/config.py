@@ -1,0 +1,132 @@
+"""Every setting of the IdP, its default and its check (DESIGN §1, issue 2 point 3).
+
+Load order: DEFAULTS → the file named by IDP_SETTINGS → environment variables with the prefix ``IDP_``
+(``IDP_ACCESS_TOKEN_TTL=300`` sets ``ACCESS_TOKEN_TTL``; values are parsed as JSON when they can be) → the
+mapping a test passes to ``create_app``. No other module reads the environment. ``validate`` refuses the
+development defaults when ``DEPLOYMENT=production``. The README's configuration table lists the same keys.
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+DEV_SECRET_KEY = "dev-only-secret-key-change-me"  # noqa: S105 - refused in production by validate()
+DEV_HMAC_KEY = "dev-only-hmac-key-change-me"  # noqa: S105
+
+DEFAULTS: dict[str, object] = {
+    # where and what
+    "DEPLOYMENT": "development",  # development | test | production
+    "ISSUER": "http://127.0.0.1:5000",  # the `iss` of every token; https in production
+    "SECRET_KEY": DEV_SECRET_KEY,  # signs the CSRF cookie
+    "HMAC_KEY": DEV_HMAC_KEY,  # keys the hashes of codes and stable decoys
+    "DATABASE_URL": "",  # empty: SQLite file in the instance folder
+    "REDIS_URL": "",  # empty: embedded in-process Redis-compatible store (one process only)
+    "REDIS_PREFIX": "idp:",  # every short-lived key starts with this
+    "PROXY_FIX_HOPS": 0,
+    "MAX_CONTENT_LENGTH": 65536,  # bytes; larger request bodies are refused with 413  # exact number of trusted reverse proxies in front of the app
+    # signing keys
+    "KEYS_DIR": "",  # empty: the repository's keys/ folder
+    "KEYS_RELOAD_INTERVAL": 5,  # seconds between checks of the key folder by each worker
+    "JWKS_MAX_AGE": 300,  # Cache-Control max-age of the JWKS, seconds
+    "DEFAULT_SIGNING_ALG": "ES256",  # ES256 or RS256 for clients that do not ask
+    # lifetimes, seconds
+    "CODE_TTL": 60,  # authorization code
+    "ACCESS_TOKEN_TTL": 600,  # JWT access token
+    "ID_TOKEN_TTL": 600,  # ID token
+    "REFRESH_TOKEN_TTL": 86400,  # one refresh token (idle lifetime)
+    "REFRESH_FAMILY_TTL": 2592000,  # a refresh-token family from its login (absolute lifetime)
+    "SESSION_TTL": 28800,  # SSO session, absolute
+    "FLOW_TTL": 900,  # a login/registration/recovery flow
+    # login
+    "LOGIN_MAX_ATTEMPTS": 5,  # wrong passwords within one login flow before it restarts
+    "PASSWORD_ARGON2_TIME_COST": 3,
+    "PASSWORD_ARGON2_MEMORY_COST": 65536,  # KiB
+    "PASSWORD_ARGON2_PARALLELISM": 4,
+    # cookies
+    "SSO_COOKIE_NAME": "idp_sso",
+    "SESSION_COOKIE_NAME": "idp_csrf",  # Flask's signed cookie: holds only the CSRF token
+    "COOKIE_SECURE": None,  # None: Secure everywhere but development and test
+    # clients
+    "CLIENT_CACHE_TTL": 30,  # seconds a worker keeps a client's registration in memory
+    # senders
+    "EMAIL_SENDER": "outbox",  # outbox | smtp
+    "SMS_SENDER": "outbox",  # outbox | http
+    # pages
+    "LANGUAGES": ["it", "en"],
+    "BABEL_DEFAULT_LOCALE": "it",
+    "DEMO_RP_URL": "",  # shown on the home page in development
+}
+
+_SECRET_KEYS = ("SECRET_KEY", "HMAC_KEY")
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run (refused in production, or inconsistent)."""
+
+
+def load(app, test_config: dict | None = None) -> None:
+    app.config.update(DEFAULTS)
+    settings_file = os.environ.get("IDP_SETTINGS")
+    if settings_file:
+        app.config.from_pyfile(settings_file)
+    app.config.from_prefixed_env("IDP")
+    if test_config:
+        app.config.update(test_config)
+    _derive(app)
+    validate(app.config)
+
+
+def _derive(app) -> None:
+    config = app.config
+    os.makedirs(app.instance_path, exist_ok=True)
+    url = config["DATABASE_URL"] or "sqlite:///" + os.path.join(app.instance_path, "idp.sqlite3")
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    config["SQLALCHEMY_DATABASE_URI"] = url
+    if url.startswith("sqlite"):
+        config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
+    else:
+        config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
+    if not config["KEYS_DIR"]:
+        config["KEYS_DIR"] = os.path.join(os.path.dirname(app.root_path), "keys")
+    if config["COOKIE_SECURE"] is None:
+        config["COOKIE_SECURE"] = config["DEPLOYMENT"] not in ("development", "test")
+    config["ISSUER"] = str(config["ISSUER"]).rstrip("/")
+    config["SESSION_COOKIE_SECURE"] = config["COOKIE_SECURE"]
+    config["SESSION_COOKIE_HTTPONLY"] = True
+    config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    config["WTF_CSRF_TIME_LIMIT"] = None  # the CSRF token lives as long as the signed cookie
+    config["WTF_CSRF_SSL_STRICT"] = config["COOKIE_SECURE"]
+
+
+def validate(config) -> None:
+    """Refuse what must never run in production; check what must be consistent everywhere."""
+    if config["DEPLOYMENT"] not in ("development", "test", "production"):
+        raise ConfigError(f"DEPLOYMENT must be development, test or production, not {config['DEPLOYMENT']!r}")
+    if config["DEFAULT_SIGNING_ALG"] not in ("ES256", "RS256"):
+        raise ConfigError("DEFAULT_SIGNING_ALG must be ES256 or RS256")
+    for key in ("CODE_TTL", "ACCESS_TOKEN_TTL", "ID_TOKEN_TTL", "REFRESH_TOKEN_TTL", "SESSION_TTL", "FLOW_TTL"):
+        if int(config[key]) <= 0:
+            raise ConfigError(f"{key} must be a positive number of seconds")
+    if config["DEPLOYMENT"] != "production":
+        return
+    problems = []
+    for key in _SECRET_KEYS:
+        value = str(config.get(key) or "")
+        if value in (DEV_SECRET_KEY, DEV_HMAC_KEY) or len(value) < 32:
+            problems.append(f"{key} is a development value or shorter than 32 characters")
+    if urlsplit(config["ISSUER"]).scheme != "https":
+        problems.append("ISSUER must be an https URL")
+    if config["EMAIL_SENDER"] == "outbox" or config["SMS_SENDER"] == "outbox":
+        problems.append("the outbox sender is for development only (set EMAIL_SENDER and SMS_SENDER)")
+    if not config["DATABASE_URL"] or str(config["DATABASE_URL"]).startswith("sqlite"):
+        problems.append("DATABASE_URL must name a PostgreSQL database")
+    if not config["REDIS_URL"]:
+        problems.append("REDIS_URL must name a Redis server (the embedded store serves one process only)")
+    if not config["COOKIE_SECURE"]:
+        problems.append("COOKIE_SECURE cannot be off")
+    if problems:
+        raise ConfigError("refused in production: " + "; ".join(problems))

@@ -1,0 +1,98 @@
+"""Explicit login: mobile line + password (SPEC §3 points 1–2; issue 2 point 7).
+
+State diagram::
+
+    credentials ──(line + password right)──▶ done: SSO session started, back to /authorize
+         │  └──(wrong, attempts left)──▶ credentials (same message for unknown line and wrong password)
+         └──(attempts used up)──▶ flow ends; a new one starts with the same authorization request
+
+The flow carries the original authorization request's query string and returns to it; the login marks that
+request as satisfied so ``prompt=login`` and ``max_age`` do not loop.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_wtf import FlaskForm
+from wtforms import PasswordField, StringField
+from wtforms.validators import DataRequired, Length
+
+from .. import accounts, msisdn, sessions
+from ..oauth.policy import request_hash
+from ..oauth.scopes import ACR_PASSWORD, AMR
+from .base import Flow, FlowConflict, FlowExpired, TooManyAttempts
+
+bp = Blueprint("login", __name__, url_prefix="/flows/login")
+
+
+class LoginFlow(Flow):
+    kind = "login"
+    initial = "credentials"
+    transitions = {"credentials": ("credentials", "done")}
+    max_attempts = "LOGIN_MAX_ATTEMPTS"
+
+
+class CredentialsForm(FlaskForm):
+    username = StringField("username", validators=[DataRequired(), Length(max=32)])
+    password = PasswordField("password", validators=[DataRequired(), Length(max=256)])
+
+
+def _locale(ui_locales: str | None) -> str | None:
+    for tag in (ui_locales or "").split():
+        lang = tag.split("-")[0].lower()
+        if lang in current_app.config["LANGUAGES"]:
+            return lang
+    return None
+
+
+def begin(authorize_query: str, client, login_hint: str | None, ui_locales: str | None):
+    """Start a login for an authorization request and send the browser to it."""
+    flow = LoginFlow.start(authorize_query=authorize_query, client_name=client.name,
+                           login_hint=msisdn.try_normalise(login_hint) if login_hint else None,
+                           locale=_locale(ui_locales))
+    return redirect(url_for("login.credentials", flow_id=flow.id))
+
+
+def _restart(authorize_query: str, message: str):
+    flash(message, "warning")
+    return redirect(url_for("oauth.authorize") + "?" + authorize_query) if authorize_query \
+        else redirect(url_for("oauth.home"))
+
+
+@bp.route("/<flow_id>", methods=["GET", "POST"])
+def credentials(flow_id: str):
+    try:
+        flow = LoginFlow.load(flow_id)
+    except FlowExpired:
+        return render_template("flows/expired.html"), 410
+    if request.args.get("lang") in current_app.config["LANGUAGES"]:
+        flow.data["locale"] = request.args["lang"]
+        try:
+            flow.save()
+        except (FlowConflict, FlowExpired):
+            pass
+    g.locale = flow.data.get("locale")
+    form = CredentialsForm()
+    error = None
+    if request.method == "GET" and flow.data.get("login_hint"):
+        form.username.data = flow.data["login_hint"]
+    if form.validate_on_submit():
+        try:
+            flow.count_attempt()
+        except TooManyAttempts:
+            return _restart(flow.data["authorize_query"], _("Troppi tentativi non riusciti: ricomincia l'accesso."))
+        account = accounts.check_password(form.username.data, form.password.data)
+        if account is not None:
+            try:
+                flow.advance("done")
+            except (FlowConflict, FlowExpired):
+                return _restart(flow.data["authorize_query"], _("La richiesta è già stata inviata."))
+            flow.finish()
+            query = flow.data["authorize_query"]
+            sessions.start(account.id, ACR_PASSWORD, AMR[ACR_PASSWORD], fresh_for=request_hash(query.encode()))
+            return redirect(url_for("oauth.authorize") + "?" + query)
+        error = _("Numero di linea o password non corretti.")
+    elif request.method == "POST":
+        error = _("Inserisci il numero di linea e la password.")
+    return render_template("flows/login/credentials.html", form=form, flow=flow, error=error,
+                           client_name=flow.data.get("client_name"))

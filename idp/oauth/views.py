@@ -1,0 +1,191 @@
+"""The OpenID Connect endpoints (SPEC §4): discovery, JWKS, authorize, token, userinfo, revoke, introspect, logout.
+
+Views stay thin: Authlib validates, ``policy`` decides whether to log in, the login flow authenticates.
+Every redirect back to a client carries ``iss`` (RFC 9207), also for errors; a request whose client or
+redirect URI cannot be trusted gets an error page and is never redirected (RFC 6749 §4.1.2.1).
+"""
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2 import OAuth2Error
+from authlib.oidc.core.errors import LoginRequiredError
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+
+from .. import accounts, sessions
+from ..extensions import csrf
+from ..flows import login
+from ..keystore import keyring
+from . import discovery, policy, tokens
+from .grants import AuthenticatedUser
+from .scopes import account_claims
+from .server import server
+
+bp = Blueprint("oauth", __name__)
+
+
+@bp.get("/.well-known/openid-configuration")
+def openid_configuration():
+    body = current_app.extensions.get("idp.discovery")
+    if body is None:
+        body = current_app.extensions["idp.discovery"] = discovery.body(current_app.config["ISSUER"])
+    return Response(body, mimetype="application/json", headers={"Cache-Control": "public, max-age=3600",
+                                                                "Access-Control-Allow-Origin": "*"})
+
+
+@bp.get("/jwks.json")
+def jwks():
+    ring = keyring()
+    ring.refresh()
+    headers = {"Cache-Control": f"public, max-age={int(current_app.config['JWKS_MAX_AGE'])}",
+               "ETag": ring.jwks_etag, "Access-Control-Allow-Origin": "*"}
+    if ring.jwks_etag in request.if_none_match:
+        return Response(status=304, headers=headers)
+    return Response(ring.jwks_body, mimetype="application/jwk-set+json", headers=headers)
+
+
+def _with_iss(response):
+    location = response.headers.get("Location")
+    if response.status_code in (302, 303) and location and "iss=" not in location.split("?", 1)[-1]:
+        response.headers["Location"] = add_params_to_uri(location, {"iss": current_app.config["ISSUER"]})
+    return response
+
+
+def _authorization_error(error: OAuth2Error):
+    if error.redirect_uri:
+        if error.state is None and request.args.get("state"):
+            error.state = request.args.get("state")
+        return _with_iss(server.handle_error_response(request, error))
+    return render_template("oauth/error.html", error=error.error, description=error.description), 400
+
+
+@bp.route("/authorize", methods=["GET", "POST"])
+@csrf.exempt
+def authorize():
+    if request.method == "POST":  # OIDC Core §3.1.2.1: POST is allowed; continue as GET so the request is one URL
+        return redirect(url_for("oauth.authorize") + "?" + urlencode(list(request.form.items(multi=True))), 303)
+    sso = sessions.current()
+    account = accounts.active_by_id(sso.account_id) if sso else None
+    if sso is not None and account is None:
+        sessions.end()
+        sso = None
+    try:
+        grant = server.get_consent_grant(end_user=account)
+        this_request = policy.request_hash(request.query_string)
+        must_login = policy.login_needed(request.args, sso, this_request, grant.redirect_uri)
+        if must_login and "none" in (request.args.get("prompt") or "").split():
+            raise LoginRequiredError(redirect_uri=grant.redirect_uri)
+    except OAuth2Error as error:
+        return _authorization_error(error)
+    if must_login:
+        return login.begin(request.query_string.decode(), grant.client, request.args.get("login_hint"),
+                           request.args.get("ui_locales"))
+    response = server.create_authorization_response(
+        grant=grant, grant_user=AuthenticatedUser(account=account, session=sso, request_hash=this_request))
+    return _with_iss(response)
+
+
+@bp.post("/token")
+@csrf.exempt
+def token():
+    return server.create_token_response()
+
+
+@bp.post("/revoke")
+@csrf.exempt
+def revoke():
+    return server.create_endpoint_response("revocation")
+
+
+@bp.post("/introspect")
+@csrf.exempt
+def introspect():
+    return server.create_endpoint_response("introspection")
+
+
+def _bearer_error(status: int, error: str | None, description: str | None = None):
+    challenge = 'Bearer realm="selfcare"'
+    body = {}
+    if error:
+        challenge += f', error="{error}"'
+        body["error"] = error
+        if description:
+            challenge += f', error_description="{description}"'
+            body["error_description"] = description
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["WWW-Authenticate"] = challenge
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.route("/userinfo", methods=["GET", "POST"])
+@csrf.exempt
+def userinfo():
+    header = request.headers.get("Authorization", "")
+    in_body = request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded" \
+        and "access_token" in request.form
+    if header and in_body:
+        return _bearer_error(400, "invalid_request", "Use one way of sending the access token.")
+    if header:
+        scheme, _sep, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return _bearer_error(401, "invalid_request", "The Authorization header must be a Bearer token.")
+        value = value.strip()
+    elif in_body:
+        value = request.form["access_token"]
+    else:
+        return _bearer_error(401, None)
+    found = tokens.active_access_token(value)
+    if found is None:
+        return _bearer_error(401, "invalid_token", "The access token is invalid, expired or revoked.")
+    _claims, row = found
+    scopes = set(row.scope.split())
+    if "openid" not in scopes:
+        return _bearer_error(403, "insufficient_scope", "The access token lacks the openid scope.")
+    account = row.account
+    if account is None or not account.is_active:
+        return _bearer_error(401, "invalid_token", "The access token's account is not active.")
+    response = jsonify(account_claims(account, scopes))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+@csrf.exempt  # RPs may POST here; the confirmation form below checks its own CSRF token
+def logout():
+    try:
+        end_request = server.validate_endpoint_request("end_session")
+    except OAuth2Error as error:
+        return render_template("oauth/error.html", error=error.error, description=error.description), 400
+    sso = sessions.current()
+    hint = end_request.id_token_claims
+    hint_matches = sso is None or (hint is not None and hint.get("sid") == sso.sid)
+    confirmed = request.method == "POST" and request.form.get("confirm") == "yes" and _csrf_ok()
+    if hint_matches or confirmed:
+        response = server.create_endpoint_response("end_session", end_request)
+        if response is None:
+            response = current_app.make_response(render_template("oauth/logged_out.html"))
+        return response
+    client = end_request.client
+    return render_template("oauth/logout_confirm.html", client_name=client.name if client else None,
+                           params=list(request.values.items(multi=True)))
+
+
+def _csrf_ok() -> bool:
+    from flask_wtf.csrf import ValidationError, validate_csrf
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+        return True
+    except ValidationError:
+        return False
+
+
+@bp.get("/")
+def home():
+    sso = sessions.current()
+    account = accounts.active_by_id(sso.account_id) if sso else None
+    return render_template("home.html", account=account, demo_rp_url=current_app.config.get("DEMO_RP_URL"),
+                           title=_("Selfcare Business"))

@@ -1,0 +1,94 @@
+"""The SSO session (SPEC §2 "one account, one password, for every RP"; OIDC Core §2 `sid`, `auth_time`).
+
+The record lives in the store under a hash of the cookie's value; the cookie carries only that random value, is
+renewed at every login (no fixation), and is HttpOnly, SameSite=Lax and Secure outside development. ``sid`` is a
+separate public identifier put in ID tokens, never the cookie's value. ``fresh_for`` lists the authorization
+requests that this login was made for, so ``prompt=login`` and ``max_age=0`` are satisfied once and do not loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+
+from flask import current_app, g, request
+
+from .store import store
+
+
+@dataclass
+class SsoSession:
+    sid: str
+    account_id: int
+    auth_time: int
+    acr: str
+    amr: list[str]
+    created_at: int
+    fresh_for: list[str] = field(default_factory=list)
+
+    def is_fresh_for(self, request_hash: str) -> bool:
+        return request_hash in self.fresh_for
+
+
+def _key(cookie_value: str) -> str:
+    return "session:" + hashlib.sha256(cookie_value.encode()).hexdigest()
+
+
+def current() -> SsoSession | None:
+    if "sso" not in g:
+        g.sso = None
+        cookie = request.cookies.get(current_app.config["SSO_COOKIE_NAME"])
+        if cookie and len(cookie) <= 128:
+            data = store().get(_key(cookie))
+            if data:
+                g.sso = SsoSession(**data)
+                g.sso_cookie = cookie
+    return g.sso
+
+
+def start(account_id: int, acr: str, amr: list[str], fresh_for: str | None = None) -> SsoSession:
+    """Begin a new session for a fresh login, replacing (and destroying) the browser's previous one."""
+    end()
+    now = int(time.time())
+    session = SsoSession(sid=secrets.token_urlsafe(16), account_id=account_id, auth_time=now, acr=acr,
+                         amr=list(amr), created_at=now, fresh_for=[fresh_for] if fresh_for else [])
+    cookie = secrets.token_urlsafe(32)
+    store().put(_key(cookie), asdict(session), current_app.config["SESSION_TTL"])
+    g.sso, g.sso_cookie, g.sso_set_cookie = session, cookie, cookie
+    return session
+
+
+def use_fresh(session: SsoSession, request_hash: str) -> None:
+    """The fresh login has served its authorization request: the next one with prompt=login logs in again."""
+    if request_hash in session.fresh_for:
+        session.fresh_for.remove(request_hash)
+        _save(session)
+
+
+def _save(session: SsoSession) -> None:
+    cookie = g.get("sso_cookie")
+    if cookie:
+        remaining = session.created_at + int(current_app.config["SESSION_TTL"]) - int(time.time())
+        if remaining > 0:
+            store().put(_key(cookie), asdict(session), remaining)
+
+
+def end() -> None:
+    cookie = g.get("sso_cookie") or request.cookies.get(current_app.config["SSO_COOKIE_NAME"])
+    if cookie:
+        store().destroy(_key(cookie))
+        g.sso_clear_cookie = True
+    g.sso, g.sso_cookie = None, None
+
+
+def write_cookie(response):
+    """after_request: set or clear the SSO cookie decided during the request."""
+    config = current_app.config
+    if g.get("sso_set_cookie"):
+        response.set_cookie(config["SSO_COOKIE_NAME"], g.sso_set_cookie, max_age=int(config["SESSION_TTL"]),
+                            httponly=True, secure=config["COOKIE_SECURE"], samesite="Lax", path="/")
+    elif g.get("sso_clear_cookie"):
+        response.delete_cookie(config["SSO_COOKIE_NAME"], path="/", httponly=True,
+                               secure=config["COOKIE_SECURE"], samesite="Lax")
+    return response

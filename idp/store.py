@@ -1,0 +1,70 @@
+"""The only door to Redis for short-lived state (DESIGN §1, §4).
+
+Every key carries the configured prefix and every write a TTL. Values are JSON. ``consume`` is an atomic GETDEL,
+which is what makes one-time things (authorization codes, flow steps) single-use across processes.
+Without ``REDIS_URL`` an embedded Redis-compatible store (fakeredis with Lua) serves one process: the development
+default, refused in production by ``config.validate``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from flask import current_app
+
+
+class Store:
+    def __init__(self, client: redis.Redis, prefix: str):
+        self.redis = client
+        self.prefix = prefix
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def put(self, key: str, value: Any, ttl: int) -> None:
+        self.redis.set(self.key(key), json.dumps(value, separators=(",", ":")), ex=max(1, int(ttl)))
+
+    def add(self, key: str, value: Any, ttl: int) -> bool:
+        """Write only if absent (SET NX): True when this call created the key."""
+        return bool(self.redis.set(self.key(key), json.dumps(value), ex=max(1, int(ttl)), nx=True))
+
+    def get(self, key: str) -> Any:
+        raw = self.redis.get(self.key(key))
+        return None if raw is None else json.loads(raw)
+
+    def consume(self, key: str) -> Any:
+        raw = self.redis.getdel(self.key(key))
+        return None if raw is None else json.loads(raw)
+
+    def exists(self, key: str) -> bool:
+        return bool(self.redis.exists(self.key(key)))
+
+    def destroy(self, *keys: str) -> None:
+        if keys:
+            self.redis.delete(*(self.key(k) for k in keys))
+
+    def incr(self, key: str, ttl: int) -> int:
+        """Count atomically; the TTL is set when the counter is created and never extended."""
+        pipe = self.redis.pipeline()
+        pipe.incr(self.key(key))
+        pipe.expire(self.key(key), max(1, int(ttl)), nx=True)
+        return int(pipe.execute()[0])
+
+
+def connect(config) -> Store:
+    if config["REDIS_URL"]:
+        client = redis.Redis.from_url(config["REDIS_URL"], decode_responses=True, health_check_interval=30)
+    else:
+        import fakeredis  # development default only
+
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    return Store(client, config["REDIS_PREFIX"])
+
+
+def init_app(app) -> None:
+    app.extensions["idp.store"] = connect(app.config)
+
+
+def store() -> Store:
+    return current_app.extensions["idp.store"]
