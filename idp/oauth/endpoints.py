@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.rpinitiated import EndSessionEndpoint
@@ -60,7 +61,15 @@ def find_token(value: str, hint: str | None) -> TokenRef | None:
     return TokenRef(row, "refresh_token") if row is not None else None
 
 
-class Revocation(RevocationEndpoint):
+class _HintTolerant:
+    """``token_type_hint`` is only a hint: we always search both kinds (RFC 7009 §2.1, RFC 7662 §2.1)."""
+
+    def check_params(self, request, client):
+        if not request.form.get("token"):
+            raise InvalidRequestError("Missing 'token'.")
+
+
+class Revocation(_HintTolerant, RevocationEndpoint):
     CLIENT_AUTH_METHODS = ALL_AUTH_METHODS
 
     def query_token(self, token_string, token_type_hint):
@@ -70,7 +79,7 @@ class Revocation(RevocationEndpoint):
         tokens.revoke(token.row) if token.kind == "refresh_token" else tokens.revoke_access(token.row)
 
 
-class Introspection(IntrospectionEndpoint):
+class Introspection(_HintTolerant, IntrospectionEndpoint):
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
     def query_token(self, token_string, token_type_hint):
