@@ -101,7 +101,7 @@ class KeyRing:
         self.verifying = KeySet([])
         self.revoked_kids: frozenset[str] = frozenset()
         self.jwks_body = b'{"keys":[]}'
-        self.jwks_etag = '"empty"'
+        self.jwks_etag = "empty"
         self.refresh(force=True)
 
     def _listing_signature(self):
@@ -142,7 +142,7 @@ class KeyRing:
         self.revoked_kids = frozenset(k.kid for k in stored if k.state == "revoked")
         body = json.dumps(self.verifying.as_dict(private=False), separators=(",", ":"), sort_keys=True).encode()
         self.jwks_body = body
-        self.jwks_etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        self.jwks_etag = hashlib.sha256(body).hexdigest()[:32]
 
     def signing_key(self, alg: str):
         self.refresh()

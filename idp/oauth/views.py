@@ -40,8 +40,8 @@ def jwks():
     ring = keyring()
     ring.refresh()
     headers = {"Cache-Control": f"public, max-age={int(current_app.config['JWKS_MAX_AGE'])}",
-               "ETag": ring.jwks_etag, "Access-Control-Allow-Origin": "*"}
-    if ring.jwks_etag in request.if_none_match:
+               "ETag": f'"{ring.jwks_etag}"', "Access-Control-Allow-Origin": "*"}
+    if request.if_none_match.contains(ring.jwks_etag):
         return Response(status=304, headers=headers)
     return Response(ring.jwks_body, mimetype="application/jwk-set+json", headers=headers)
 
