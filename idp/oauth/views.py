@@ -61,11 +61,29 @@ def _authorization_error(error: OAuth2Error):
     return render_template("oauth/error.html", error=error.error, description=error.description), 400
 
 
+# RFC 6749 Appendix A: these parameters are visible ASCII (VSCHAR/NQCHAR); anything else cannot be echoed back
+# to a client safely, so it gets the error page instead of a redirect.
+_ASCII_PARAMETERS = ("response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "prompt", "max_age",
+                     "code_challenge", "code_challenge_method", "response_mode", "acr_values", "ui_locales")
+
+
+def _malformed(args) -> str | None:
+    for name in _ASCII_PARAMETERS:
+        for value in args.getlist(name):
+            if len(value) > 2048 or any(not " " <= ch <= "~" for ch in value):
+                return name
+    return None
+
+
 @bp.route("/authorize", methods=["GET", "POST"])
 @csrf.exempt
 def authorize():
     if request.method == "POST":  # OIDC Core §3.1.2.1: POST is allowed; continue as GET so the request is one URL
         return redirect(url_for("oauth.authorize") + "?" + urlencode(list(request.form.items(multi=True))), 303)
+    bad = _malformed(request.args)
+    if bad:
+        return render_template("oauth/error.html", error="invalid_request",
+                               description=f"Malformed '{bad}' parameter."), 400
     sso = sessions.current()
     account = accounts.active_by_id(sso.account_id) if sso else None
     if sso is not None and account is None:
