@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from flask import Flask, g, render_template, request
+from flask import Flask, current_app, g, render_template, request
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
@@ -18,12 +18,13 @@ def _select_locale():
     chosen = g.get("locale")
     if chosen:
         return chosen
-    languages = request.args.get("ui_locales", "").split() if request else []
-    for tag in languages:
+    offered = current_app.config["LANGUAGES"]
+    default = current_app.config["BABEL_DEFAULT_LOCALE"]
+    for tag in request.args.get("ui_locales", "").split():
         lang = tag.split("-")[0].lower()
-        if lang in ("it", "en"):
+        if lang in offered:
             return lang
-    return request.accept_languages.best_match(["it", "en"], default="it") if request else "it"
+    return request.accept_languages.best_match(offered, default=default)
 
 
 def create_app(test_config: dict | None = None) -> Flask:

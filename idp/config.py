@@ -18,12 +18,12 @@ DEFAULTS: dict[str, object] = {
     "DEPLOYMENT": "development",  # development | test | production
     "ISSUER": "http://127.0.0.1:5000",  # the `iss` of every token; https in production
     "SECRET_KEY": DEV_SECRET_KEY,  # signs the CSRF cookie
-    "HMAC_KEY": DEV_HMAC_KEY,  # keys the hashes of codes and stable decoys
+    "HMAC_KEY": DEV_HMAC_KEY,  # server-side key for keyed hashes (one-time codes, stable decoys)
     "DATABASE_URL": "",  # empty: SQLite file in the instance folder
     "REDIS_URL": "",  # empty: embedded in-process Redis-compatible store (one process only)
     "REDIS_PREFIX": "idp:",  # every short-lived key starts with this
-    "PROXY_FIX_HOPS": 0,
-    "MAX_CONTENT_LENGTH": 65536,  # bytes; larger request bodies are refused with 413  # exact number of trusted reverse proxies in front of the app
+    "PROXY_FIX_HOPS": 0,  # exact number of trusted reverse proxies in front of the app (X-Forwarded-*)
+    "MAX_CONTENT_LENGTH": 65536,  # bytes; larger request bodies are refused with 413
     # signing keys
     "KEYS_DIR": "",  # empty: the repository's keys/ folder
     "KEYS_RELOAD_INTERVAL": 5,  # seconds between checks of the key folder by each worker
@@ -39,11 +39,11 @@ DEFAULTS: dict[str, object] = {
     "FLOW_TTL": 900,  # a login/registration/recovery flow
     # login
     "LOGIN_MAX_ATTEMPTS": 5,  # wrong passwords within one login flow before it restarts
-    "PASSWORD_ARGON2_TIME_COST": 3,
-    "PASSWORD_ARGON2_MEMORY_COST": 65536,  # KiB
-    "PASSWORD_ARGON2_PARALLELISM": 4,
+    "PASSWORD_ARGON2_TIME_COST": 3,  # argon2id iterations (RFC 9106 second recommended option)
+    "PASSWORD_ARGON2_MEMORY_COST": 65536,  # argon2id memory, KiB; hashes are upgraded at the next login
+    "PASSWORD_ARGON2_PARALLELISM": 4,  # argon2id lanes
     # cookies
-    "SSO_COOKIE_NAME": "idp_sso",
+    "SSO_COOKIE_NAME": "idp_sso",  # holds only a random session id
     "SESSION_COOKIE_NAME": "idp_csrf",  # Flask's signed cookie: holds only the CSRF token
     "COOKIE_SECURE": None,  # None: Secure everywhere but development and test
     # clients
@@ -52,8 +52,8 @@ DEFAULTS: dict[str, object] = {
     "EMAIL_SENDER": "outbox",  # outbox | smtp
     "SMS_SENDER": "outbox",  # outbox | http
     # pages
-    "LANGUAGES": ["it", "en"],
-    "BABEL_DEFAULT_LOCALE": "it",
+    "LANGUAGES": ["it", "en"],  # languages offered; the pages' catalogues are in idp/translations
+    "BABEL_DEFAULT_LOCALE": "it",  # language when nothing else decides
     "DEMO_RP_URL": "",  # shown on the home page in development
 }
 
