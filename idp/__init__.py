@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
-from flask import Flask, current_app, g, render_template, request
+import os
+
+from flask import Flask, current_app, g, has_request_context, render_template, request
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
@@ -15,6 +17,8 @@ from .extensions import babel, csrf, db, migrate
 
 
 def _select_locale():
+    if not has_request_context():
+        return current_app.config["BABEL_DEFAULT_LOCALE"]
     chosen = g.get("locale")
     if chosen:
         return chosen
@@ -35,7 +39,6 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
 
     db.init_app(app)
-    import os
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "migrations"),
                      render_as_batch=True, compare_type=True)
     csrf.init_app(app)

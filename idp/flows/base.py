@@ -53,7 +53,7 @@ class Flow:
     kind: ClassVar[str] = ""
     initial: ClassVar[str] = ""
     transitions: ClassVar[dict[str, tuple[str, ...]]] = {}
-    max_attempts: ClassVar[str] = ""  # name of the config key; empty: no limit
+    attempts_setting: ClassVar[str] = ""  # the config key holding the attempt limit; empty: no limit
 
     id: str
     state: str
@@ -120,14 +120,14 @@ class Flow:
         """Count one attempt before checking it; past the limit the flow ends and TooManyAttempts is raised."""
         ttl = max(1, self.expires_at - int(time.time()))
         used = store().incr(self._key(self.id) + ":attempts", ttl)
-        limit = int(current_app.config[self.max_attempts]) if self.max_attempts else 0
+        limit = int(current_app.config[self.attempts_setting]) if self.attempts_setting else 0
         if limit and used > limit:
             self.finish()
             raise TooManyAttempts(self.id)
         return used
 
     def attempts_left(self) -> int | None:
-        if not self.max_attempts:
+        if not self.attempts_setting:
             return None
         used = int(store().redis.get(store().key(self._key(self.id) + ":attempts")) or 0)
-        return max(0, int(current_app.config[self.max_attempts]) - used)
+        return max(0, int(current_app.config[self.attempts_setting]) - used)

@@ -29,7 +29,7 @@ class LoginFlow(Flow):
     kind = "login"
     initial = "credentials"
     transitions = {"credentials": ("credentials", "done")}
-    max_attempts = "LOGIN_MAX_ATTEMPTS"
+    attempts_setting = "LOGIN_MAX_ATTEMPTS"
 
 
 class CredentialsForm(FlaskForm):

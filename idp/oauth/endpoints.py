@@ -52,10 +52,7 @@ def find_token(value: str, hint: str | None) -> TokenRef | None:
         claims = tokens.decode_access_token(value)
         if claims is None:
             return None
-        from ..extensions import db
-        from ..models import Token
-        from sqlalchemy import select
-        row = db.session.scalar(select(Token).where(Token.jti == claims["jti"]))
+        row = tokens.find_by_jti(claims["jti"])
         return TokenRef(row, "access_token") if row is not None else None
     row = tokens.find_refresh(value)
     return TokenRef(row, "refresh_token") if row is not None else None

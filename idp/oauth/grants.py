@@ -18,7 +18,7 @@ from authlib.oidc.core.grants import OpenIDCode, OpenIDToken
 from authlib.oidc.core.util import create_half_hash
 from flask import current_app
 
-from .. import accounts
+from .. import accounts, sessions
 from ..store import store
 from . import tokens
 from .scopes import account_claims
@@ -117,7 +117,6 @@ class AuthorizationCodeGrant(IssuingMixin, grants.AuthorizationCodeGrant):
         tokens.save_code(code, record)
         if nonce:
             store().put(_nonce_key(request.client.client_id, nonce), 1, int(current_app.config["ID_TOKEN_TTL"]))
-        from .. import sessions
         sessions.use_fresh(sso, user.request_hash)
 
     def query_authorization_code(self, code, client):

@@ -211,11 +211,15 @@ def decode_access_token(value: str) -> dict | None:
     return claims
 
 
+def find_by_jti(jti: str) -> Token | None:
+    return db.session.scalar(select(Token).where(Token.jti == jti))
+
+
 def active_access_token(value: str) -> tuple[dict, Token] | None:
     claims = decode_access_token(value)
     if claims is None:
         return None
-    row = db.session.scalar(select(Token).where(Token.jti == claims["jti"]))
+    row = find_by_jti(claims["jti"])
     if row is None or row.revoked_at is not None or row.access_revoked_at is not None:
         return None
     return claims, row
