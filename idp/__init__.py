@@ -12,7 +12,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import config, keystore, sessions, store
+from . import config, directory, keystore, sessions, store
 from .extensions import babel, csrf, db, migrate
 
 
@@ -45,13 +45,16 @@ def create_app(test_config: dict | None = None) -> Flask:
     babel.init_app(app, locale_selector=_select_locale)
     store.init_app(app)
     keystore.init_app(app)
+    directory.init_app(app)
     from .oauth import server as oauth_server
     oauth_server.init_app(app)
 
-    from .flows import login
+    from .flows import FLOW_BLUEPRINTS
     from .oauth import views as oauth_views
     app.register_blueprint(oauth_views.bp)
-    app.register_blueprint(login.bp)
+    for blueprint in FLOW_BLUEPRINTS():
+        app.register_blueprint(blueprint)
+    app.jinja_env.globals["has_endpoint"] = lambda name: name in app.view_functions
 
     from . import cli, msisdn
     cli.init_app(app)

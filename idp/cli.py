@@ -145,4 +145,10 @@ def demo(rp_url, rp_config):
         with open(rp_config, "w", encoding="utf-8") as fh:
             json.dump(info["rp"], fh, indent=2)
     click.echo("Demo account:  line " + info["account"]["line"] + "   password " + info["account"]["password"])
+    customer = info["customer"]
+    click.echo(f"Demo customer: code {customer['code']}, company e-mail domain @{customer['email_domain']}")
+    for free in info["free_lines"]:
+        pin = f", SIM PIN {free['sim_pin']}" if free["sim_pin"] else ""
+        click.echo(f"Free line:     {free['line']} ({free['sim_type']}{pin}) — for registration or Associa SIM")
+    click.echo("Codes sent by SMS and e-mail: `flask --app wsgi idp outbox` or http://127.0.0.1:5000/dev/outbox")
     click.echo("Demo RP client: " + info["rp"]["client_id"])

@@ -48,9 +48,35 @@ DEFAULTS: dict[str, object] = {
     "COOKIE_SECURE": None,  # None: Secure everywhere but development and test
     # clients
     "CLIENT_CACHE_TTL": 30,  # seconds a worker keeps a client's registration in memory
+    # one-time codes (SMS and e-mail)
+    "OTP_DIGITS": 6,
+    "OTP_TTL": 300,  # seconds a code stays valid
+    "OTP_MAX_ATTEMPTS": 5,  # wrong tries before a code is destroyed
+    "OTP_RESEND_COOLDOWN": 30,  # seconds between two codes to the same destination
+    "OTP_SENDS_PER_HOUR_DESTINATION": 5,  # codes per hour to one line or address
+    "OTP_SENDS_PER_HOUR_ADDRESS": 20,  # codes per hour requested from one client address
+    "SIM_PIN_MAX_ATTEMPTS": 3,  # wrong data-SIM PINs within one flow
+    "SIM_PIN_ATTEMPTS_PER_LINE_PER_DAY": 10,  # wrong data-SIM PINs per line, across flows
+    # passwords and security questions
+    "PASSWORD_MIN_LENGTH": 8,
+    "PASSWORD_MAX_LENGTH": 128,
     # senders
     "EMAIL_SENDER": "outbox",  # outbox | smtp
     "SMS_SENDER": "outbox",  # outbox | http
+    "OUTBOX_PATH": "",  # empty: outbox.jsonl in the instance folder (development only)
+    "SMTP_HOST": "127.0.0.1",
+    "SMTP_PORT": 25,
+    "SMTP_SECURITY": "starttls",  # none | starttls | tls
+    "SMTP_USERNAME": "",
+    "SMTP_PASSWORD": "",
+    "SMTP_FROM": "no-reply@selfcare.example",
+    "SMTP_FROM_NAME": "Selfcare Business",
+    "SMTP_TIMEOUT": 10,  # seconds
+    "SMS_GATEWAY_URL": "",  # the gateway's endpoint; receives {"to", "from", "text"} as JSON
+    "SMS_GATEWAY_AUTH_HEADER": "",  # e.g. "Authorization: Bearer …"
+    "SMS_GATEWAY_SENDER_ID": "Selfcare",
+    "SMS_GATEWAY_TIMEOUT": 5,  # seconds per attempt
+    "SMS_GATEWAY_RETRIES": 2,  # further attempts after a network error or a 5xx/429
     # pages
     "LANGUAGES": ["it", "en"],  # languages offered; the pages' catalogues are in idp/translations
     "BABEL_DEFAULT_LOCALE": "it",  # language when nothing else decides
@@ -111,6 +137,12 @@ def validate(config) -> None:
     for key in ("CODE_TTL", "ACCESS_TOKEN_TTL", "ID_TOKEN_TTL", "REFRESH_TOKEN_TTL", "SESSION_TTL", "FLOW_TTL"):
         if int(config[key]) <= 0:
             raise ConfigError(f"{key} must be a positive number of seconds")
+    if config["EMAIL_SENDER"] not in ("outbox", "smtp") or config["SMS_SENDER"] not in ("outbox", "http"):
+        raise ConfigError("EMAIL_SENDER is outbox or smtp; SMS_SENDER is outbox or http")
+    if config["SMTP_SECURITY"] not in ("none", "starttls", "tls"):
+        raise ConfigError("SMTP_SECURITY is none, starttls or tls")
+    if config["SMS_SENDER"] == "http" and not config["SMS_GATEWAY_URL"]:
+        raise ConfigError("SMS_SENDER=http needs SMS_GATEWAY_URL")
     if config["DEPLOYMENT"] != "production":
         return
     problems = []
@@ -128,5 +160,7 @@ def validate(config) -> None:
         problems.append("REDIS_URL must name a Redis server (the embedded store serves one process only)")
     if not config["COOKIE_SECURE"]:
         problems.append("COOKIE_SECURE cannot be off")
+    if config["EMAIL_SENDER"] == "smtp" and config["SMTP_SECURITY"] == "none":
+        problems.append("SMTP_SECURITY=none sends codes in clear: use starttls or tls")
     if problems:
         raise ConfigError("refused in production: " + "; ".join(problems))

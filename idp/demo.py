@@ -16,7 +16,11 @@ from .oauth import clients
 
 DEMO_CUSTOMER = {"code": "C0001", "name": "Acme Servizi S.r.l.", "email": "it@acme-servizi.example",
                  "email_domain": "acme-servizi.example"}
-DEMO_LINES = [("+393931234567", "voice"), ("+393937654321", "voice"), ("+393401112233", "data")]
+# The demo account's line, then lines free for every self-service flow: employee registration by SMS,
+# registration with a data SIM (PIN 1234), a referent registration or a second SIM ("Associa SIM").
+DEMO_LINES = [("+393931234567", "voice", None), ("+393937654321", "voice", None), ("+393401112233", "data", "1234"),
+              ("+393331112222", "voice", None)]
+DEMO_SIM_PIN = "1234"
 DEMO_ACCOUNT = {"line": "+393931234567", "password": "Selfcare-Demo-2026", "email": "mario.rossi@acme-servizi.example"}
 DEMO_CLIENT_ID = "selfcare-demo-portal"
 
@@ -28,10 +32,11 @@ def load(rp_url: str) -> dict:
         db.session.add(customer)
         db.session.flush()
     lines = {}
-    for number, sim_type in DEMO_LINES:
+    for number, sim_type, pin in DEMO_LINES:
         line = db.session.scalar(select(Line).where(Line.msisdn == number))
         if line is None:
-            line = Line(msisdn=number, customer_id=customer.id, sim_type=sim_type, status="active")
+            line = Line(msisdn=number, customer_id=customer.id, sim_type=sim_type, status="active",
+                        sim_pin_hash=passwords.hash_secret(pin) if pin else None)
             db.session.add(line)
             db.session.flush()
         lines[number] = line
@@ -55,6 +60,7 @@ def load(rp_url: str) -> dict:
                    grant_types=["authorization_code", "refresh_token"],
                    scope="openid profile email phone lines", first_party=True)
     db.session.commit()
-    return {"account": dict(DEMO_ACCOUNT),
+    return {"account": dict(DEMO_ACCOUNT), "customer": dict(DEMO_CUSTOMER),
+            "free_lines": [{"line": n, "sim_type": t, "sim_pin": p} for n, t, p in DEMO_LINES[1:]],
             "rp": {"client_id": DEMO_CLIENT_ID, "client_secret": secret, "redirect_uri": redirect_uri,
                    "rp_url": rp_url}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from werkzeug.serving import make_server
 from idp import create_app, keystore
 from idp.extensions import db
 
-from .helpers import Factory
+from .helpers import Factory, Outbox
 
 DATABASE_URL = os.environ.get("IDP_TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("IDP_TEST_REDIS_URL", "")
@@ -74,6 +75,8 @@ def base_config(database_url: str, keys_dir: str, **overrides) -> dict:
         "REDIS_PREFIX": f"idp-test:{RUN_ID}:{secrets.token_hex(4)}:",
         "KEYS_DIR": keys_dir,
         "CLIENT_CACHE_TTL": 0,
+        "OUTBOX_PATH": os.path.join(tempfile.mkdtemp(prefix="idp-outbox-"), "outbox.jsonl"),
+        "OTP_RESEND_COOLDOWN": 0,
         # argon2id stays argon2id, only cheaper: the tests verify behaviour, not cost
         "PASSWORD_ARGON2_TIME_COST": 1,
         "PASSWORD_ARGON2_MEMORY_COST": 8192,
@@ -135,6 +138,11 @@ def client(app):
 @pytest.fixture
 def factory(app):
     return Factory(app)
+
+
+@pytest.fixture
+def outbox(app):
+    return Outbox(app)
 
 
 def free_port() -> int:

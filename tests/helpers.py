@@ -37,6 +37,29 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
+class Outbox:
+    """The development sender's outbox: every SMS and e-mail the app "sent", newest first."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def messages(self, to: str | None = None) -> list[dict]:
+        with self.app.app_context():
+            from idp.senders import read_outbox
+            found = read_outbox(limit=1000)
+        return [m for m in found if to is None or m["to"] == to]
+
+    def last(self, to: str) -> dict:
+        found = self.messages(to)
+        assert found, f"nothing was sent to {to}"
+        return found[0]
+
+    def last_code(self, to: str) -> str:
+        match = re.search(r"\b(\d{6})\b", self.last(to)["text"])
+        assert match, "no code in the message"
+        return match.group(1)
+
+
 @dataclass
 class RegisteredRP:
     client_id: str

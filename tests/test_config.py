@@ -13,6 +13,7 @@ GOOD_PRODUCTION = {
     "REDIS_URL": "redis://cache.internal:6379/0",
     "EMAIL_SENDER": "smtp",
     "SMS_SENDER": "http",
+    "SMS_GATEWAY_URL": "https://sms-gateway.internal/send",
 }
 
 

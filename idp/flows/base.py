@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from flask import current_app
+from flask import current_app, request
 
 from ..store import store
 
@@ -30,6 +30,11 @@ if version ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 return 1
 """
+
+
+def client_address() -> str:
+    """The client's address as the TCP peer saw it (ProxyFix corrects it for the configured trusted hops only)."""
+    return request.remote_addr or "-"
 
 
 class FlowExpired(Exception):

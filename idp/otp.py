@@ -1,0 +1,87 @@
+"""One-time codes sent by SMS or e-mail (SPEC §3 "One-time codes"; issue 3 point 7).
+
+A code is made with pyotp (an HOTP value under a fresh random secret), numeric, ``OTP_DIGITS`` long, lives
+``OTP_TTL`` seconds, allows ``OTP_MAX_ATTEMPTS`` tries and is single-use. It is bound to its flow, purpose and
+destination: only an HMAC over all four is stored, and it is compared in constant time. Every try is counted
+atomically *before* the comparison. Sending is limited by a resend cooldown and hourly caps per destination and per
+client address (SMS pumping). An unknown destination can be "sent" a code too (``deliver=False``): the caller gets
+the same answers and the same limits, and nothing leaves the building.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+import pyotp
+from flask import current_app
+
+from . import ratelimit
+from .store import store
+
+
+class OtpError(Exception):
+    """The code is wrong, expired, used up or was never issued."""
+
+
+class OtpExhausted(OtpError):
+    """Too many wrong tries: the code is destroyed; a new one must be requested."""
+
+
+def _key(flow_key: str, purpose: str) -> str:
+    return f"otp:{flow_key}:{purpose}"
+
+
+def _mac(flow_key: str, purpose: str, destination: str, code: str) -> str:
+    secret = str(current_app.config["HMAC_KEY"]).encode()
+    message = "\x1f".join((flow_key, purpose, destination, code)).encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def new_code() -> str:
+    digits = int(current_app.config["OTP_DIGITS"])
+    return pyotp.HOTP(pyotp.random_base32(), digits=digits).at(0)
+
+
+def check_send_limits(destination: str, client_address: str) -> None:
+    """Raise ratelimit.RateLimited when another code may not be sent now."""
+    config = current_app.config
+    ratelimit.cooldown("otp-resend", destination, int(config["OTP_RESEND_COOLDOWN"]))
+    ratelimit.hit("otp-send-destination", destination, int(config["OTP_SENDS_PER_HOUR_DESTINATION"]), 3600)
+    ratelimit.hit("otp-send-address", client_address or "-", int(config["OTP_SENDS_PER_HOUR_ADDRESS"]), 3600)
+
+
+def issue(flow_key: str, purpose: str, destination: str) -> str:
+    """Create (or replace) the code for this flow and purpose; return it for sending."""
+    ttl = int(current_app.config["OTP_TTL"])
+    code = new_code()
+    store().put(_key(flow_key, purpose), {"mac": _mac(flow_key, purpose, destination, code),
+                                         "expires_at": int(time.time()) + ttl}, ttl)
+    store().destroy(_key(flow_key, purpose) + ":tries")
+    return code
+
+
+def verify(flow_key: str, purpose: str, destination: str, code: str) -> None:
+    """Accept the code once, or raise OtpError / OtpExhausted."""
+    key = _key(flow_key, purpose)
+    record = store().get(key)
+    if record is None:
+        raise OtpError("no code")
+    tries = store().incr(key + ":tries", int(current_app.config["OTP_TTL"]))
+    if tries > int(current_app.config["OTP_MAX_ATTEMPTS"]):
+        store().destroy(key, key + ":tries")
+        raise OtpExhausted("too many tries")
+    candidate = "".join(ch for ch in (code or "") if ch.isdigit())[:16]
+    if not hmac.compare_digest(record["mac"], _mac(flow_key, purpose, destination, candidate)):
+        if tries >= int(current_app.config["OTP_MAX_ATTEMPTS"]):
+            store().destroy(key, key + ":tries")
+            raise OtpExhausted("too many tries")
+        raise OtpError("wrong code")
+    if store().consume(key) is None:  # a concurrent request used it first
+        raise OtpError("already used")
+    store().destroy(key + ":tries")
+
+
+def tries_left(flow_key: str, purpose: str) -> int:
+    used = int(store().redis.get(store().key(_key(flow_key, purpose) + ":tries")) or 0)
+    return max(0, int(current_app.config["OTP_MAX_ATTEMPTS"]) - used)

@@ -1,0 +1,45 @@
+"""Atomic counters in Redis (SPEC §3 "rate-limited per line, per account and per client address").
+
+``hit`` counts first and then decides, so concurrent requests cannot slip past a limit: the counter is incremented
+atomically (INCR) and the window starts with the first hit. Keys carry a keyed hash of the subject, never a phone
+number or an address in clear.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import current_app
+
+from .store import store
+
+
+class RateLimited(Exception):
+    def __init__(self, name: str, retry_after: int):
+        super().__init__(name)
+        self.name, self.retry_after = name, retry_after
+
+
+def subject(value: str) -> str:
+    key = str(current_app.config["HMAC_KEY"]).encode()
+    return hmac.new(key, (value or "").encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def hit(name: str, value: str, limit: int, window: int) -> int:
+    """Count one event for ``value`` in ``name``; raise RateLimited when it goes over ``limit`` per ``window`` s."""
+    key = f"rl:{name}:{subject(value)}"
+    count = store().incr(key, window)
+    if limit and count > limit:
+        ttl = store().redis.ttl(store().key(key))
+        raise RateLimited(name, max(int(ttl), 1))
+    return count
+
+
+def cooldown(name: str, value: str, seconds: int) -> None:
+    """Allow one event per ``seconds`` for ``value`` (SET NX EX); raise RateLimited inside the quiet period."""
+    if seconds <= 0:
+        return
+    key = f"cd:{name}:{subject(value)}"
+    if not store().add(key, 1, seconds):
+        ttl = store().redis.ttl(store().key(key))
+        raise RateLimited(name, max(int(ttl), 1))
