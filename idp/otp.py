@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 
 import pyotp
@@ -61,13 +62,25 @@ def issue(flow_key: str, purpose: str, destination: str) -> str:
     return code
 
 
+# KEYS: the code's record, its try counter. Counting a try and reading the code is one atomic step, so a try is
+# only ever compared against a live code and counted against it: no reset counter after the code is destroyed.
+_TAKE_TRY = """
+local record = redis.call('GET', KEYS[1])
+if not record then return {0, false} end
+local tries = redis.call('INCR', KEYS[2])
+if tries == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1])) end
+return {tries, record}
+"""
+
+
 def verify(flow_key: str, purpose: str, destination: str, code: str) -> None:
     """Accept the code once, or raise OtpError / OtpExhausted."""
     key = _key(flow_key, purpose)
-    record = store().get(key)
-    if record is None:
+    tries, raw = store().redis.eval(_TAKE_TRY, 2, store().key(key), store().key(key + ":tries"),
+                                    int(current_app.config["OTP_TTL"]))
+    if not raw:
         raise OtpError("no code")
-    tries = store().incr(key + ":tries", int(current_app.config["OTP_TTL"]))
+    record = json.loads(raw)
     if tries > int(current_app.config["OTP_MAX_ATTEMPTS"]):
         store().destroy(key, key + ":tries")
         raise OtpExhausted("too many tries")
