@@ -66,6 +66,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 
 def _register_handlers(app: Flask) -> None:
+    from .flows.base import FlowExpired
+
     @app.after_request
     def _headers(response):
         sessions.write_cookie(response)
@@ -77,6 +79,10 @@ def _register_handlers(app: Flask) -> None:
             response.headers.setdefault("Referrer-Policy", "no-referrer")
             response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    @app.errorhandler(FlowExpired)
+    def _flow_expired(error):
+        return render_template("flows/expired.html"), 410
 
     @app.errorhandler(CSRFError)
     def _csrf_error(error):

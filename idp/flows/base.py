@@ -37,6 +37,15 @@ def client_address() -> str:
     return request.remote_addr or "-"
 
 
+# KEYS: the flow record, its attempt counter; 0 when the flow is gone.
+_COUNT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local used = redis.call('INCR', KEYS[2])
+if used == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1])) end
+return used
+"""
+
+
 class FlowExpired(Exception):
     """The flow is unknown, expired or finished."""
 
@@ -122,9 +131,16 @@ class Flow:
 
     # attempts -------------------------------------------------------------------------------------------------
     def count_attempt(self) -> int:
-        """Count one attempt before checking it; past the limit the flow ends and TooManyAttempts is raised."""
+        """Count one attempt before checking it; past the limit the flow ends and TooManyAttempts is raised.
+
+        The count is taken only while the flow still exists (one Lua step), so requests racing past the limit
+        cannot restart the counter after ``finish`` destroyed it.
+        """
         ttl = max(1, self.expires_at - int(time.time()))
-        used = store().incr(self._key(self.id) + ":attempts", ttl)
+        used = store().redis.eval(_COUNT, 2, store().key(self._key(self.id)),
+                                  store().key(self._key(self.id) + ":attempts"), ttl)
+        if used == 0:
+            raise FlowExpired(self.id)
         limit = int(current_app.config[self.attempts_setting]) if self.attempts_setting else 0
         if limit and used > limit:
             self.finish()
