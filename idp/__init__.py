@@ -12,7 +12,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import config, directory, keystore, sessions, store
+from . import audit, config, directory, keystore, sessions, store
 from .extensions import babel, csrf, db, migrate
 
 
@@ -46,6 +46,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     store.init_app(app)
     keystore.init_app(app)
     directory.init_app(app)
+    audit.init_app(app)
     from .oauth import server as oauth_server
     oauth_server.init_app(app)
 
@@ -71,6 +72,7 @@ def _register_handlers(app: Flask) -> None:
     @app.after_request
     def _headers(response):
         sessions.write_cookie(response)
+        audit.add_request_id_header(response)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         if response.mimetype == "text/html":
             response.headers.setdefault("Content-Security-Policy",

@@ -10,7 +10,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import keystore
+from . import audit, keystore, signals
 from .oauth import clients as client_registry
 
 idp = AppGroup("idp", help="Selfcare IdP operations.")
@@ -58,6 +58,8 @@ def clients_create(name, redirect_uris, post_logout_uris, grant_types, scope, au
             first_party=first_party, may_introspect=may_introspect, client_id=client_id, secret=secret)
     except (client_registry.ClientError, json.JSONDecodeError) as exc:
         raise click.ClickException(str(exc)) from exc
+    signals.emit(signals.CLIENT_CREATED, client_id=row.client_id, auth_method=auth_method,
+                 first_party=first_party)
     click.echo(f"client_id:     {row.client_id}")
     if secret:
         click.echo(f"client_secret: {secret}   (shown once: only its hash is stored)")
@@ -87,6 +89,7 @@ def clients_disable(client_id):
         client_registry.disable(client_id)
     except client_registry.ClientError as exc:
         raise click.ClickException(str(exc)) from exc
+    signals.emit(signals.CLIENT_DISABLED, client_id=client_id)
     ttl = current_app.config["CLIENT_CACHE_TTL"]
     click.echo(f"disabled {client_id}; its tokens are revoked; running workers stop accepting it within {ttl} s")
 
@@ -116,6 +119,7 @@ def keys_generate(alg, activate_now):
         import time
         key.activated_at = int(time.time())
     keystore.write(folder, key)
+    signals.emit(signals.KEY_CHANGED, kid=key.kid, alg=key.alg, state=key.state, action="generate")
     click.echo(f"{key.kid}\t{key.alg}\t{key.state}")
 
 
@@ -130,6 +134,7 @@ def keys_ensure():
             key = keystore.generate(alg, state="active")
             key.activated_at = int(time.time())
             keystore.write(folder, key)
+            signals.emit(signals.KEY_CHANGED, kid=key.kid, alg=alg, state="active", action="ensure")
             click.echo(f"generated active {alg} key {key.kid}")
 
 
@@ -152,3 +157,50 @@ def demo(rp_url, rp_config):
         click.echo(f"Free line:     {free['line']} ({free['sim_type']}{pin}) — for registration or Associa SIM")
     click.echo("Codes sent by SMS and e-mail: `flask --app wsgi idp outbox` or http://127.0.0.1:5000/dev/outbox")
     click.echo("Demo RP client: " + info["rp"]["client_id"])
+
+
+# audit ----------------------------------------------------------------------------------------------------------
+@idp.group("audit", help="Read the audit log.")
+def audit_group():
+    pass
+
+
+@audit_group.command("tail")
+@click.option("-n", "count", default=20, show_default=True, help="How many of the latest events.")
+@click.option("--follow", is_flag=True, help="Keep printing new events (Ctrl-C to stop).")
+def audit_tail(count, follow):
+    import time as _time
+    from datetime import datetime, timezone
+    from .extensions import db
+    last_id = 0
+    for row in audit.latest(count):
+        click.echo(_audit_line(row))
+        last_id = row.id
+    while follow:
+        _time.sleep(1)
+        db.session.rollback()  # see rows committed by other processes
+        for row in audit.since(datetime.fromtimestamp(0, timezone.utc), after_id=last_id):
+            click.echo(_audit_line(row))
+            last_id = row.id
+
+
+def _audit_line(row) -> str:
+    who = row.masked_line or (f"account {row.account_id}" if row.account_id else "-")
+    return (f"{row.occurred_at.isoformat(timespec='seconds')}  {row.type:<24} {row.outcome:<8} {who:<18} "
+            f"{row.client_id or '-':<20} {row.client_address or '-':<15} {row.correlation_id}")
+
+
+@audit_group.command("export")
+@click.option("--since", "since_text", required=True, help="ISO date or date-time, e.g. 2026-11-01 or 2026-11-01T08:00Z.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--output", type=click.File("w", encoding="utf-8"), default="-", help="File to write (default: stdout).")
+def audit_export(since_text, fmt, output):
+    from datetime import datetime, timezone
+    try:
+        moment = datetime.fromisoformat(since_text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.ClickException(f"--since is not an ISO date: {since_text}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    count = audit.export(audit.since(moment), fmt, output)
+    click.echo(f"{count} events", err=True)

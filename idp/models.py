@@ -160,3 +160,19 @@ class Token(db.Model):
         return self.scope
 
 
+
+
+class AuditEvent(db.Model):
+    """One security event (issue 4 point 4), written only by ``audit`` on its own transaction."""
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    account_id: Mapped[int | None] = mapped_column(Integer, index=True)  # no FK: the log outlives accounts
+    masked_line: Mapped[str | None] = mapped_column(String(32))
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    correlation_id: Mapped[str] = mapped_column(String(64), index=True)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)

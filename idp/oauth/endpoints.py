@@ -15,7 +15,7 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from flask import current_app
 
-from .. import sessions
+from .. import sessions, signals
 from ..keystore import keyring
 from . import tokens
 from .grants import ALL_AUTH_METHODS
@@ -112,4 +112,9 @@ class EndSession(EndSessionEndpoint):
         return self.server.query_client(aud) if isinstance(aud, str) else None
 
     def end_session(self, end_session_request):
+        current = sessions.current()
+        if current is not None:
+            client = end_session_request.client
+            signals.emit(signals.LOGOUT, account_id=current.account_id,
+                         client_id=client.client_id if client else None)
         sessions.end()

@@ -18,7 +18,7 @@ from authlib.oidc.core.grants import OpenIDCode, OpenIDToken
 from authlib.oidc.core.util import create_half_hash
 from flask import current_app
 
-from .. import accounts, sessions
+from .. import accounts, sessions, signals
 from ..store import store
 from . import tokens
 from .scopes import account_claims
@@ -150,6 +150,8 @@ class RefreshTokenGrant(IssuingMixin, grants.RefreshTokenGrant):
             return None
         if row.refresh_used_at is not None and row.revoked_at is None:
             tokens.revoke_family(row.family_id)  # a rotated token came back: assume it was stolen
+            signals.emit(signals.TOKEN_REUSE_DETECTED, "refused", account_id=row.account_id,
+                         client_id=row.client_id, kind="refresh_token")
             return None
         return row if tokens.refresh_usable(row) else None
 

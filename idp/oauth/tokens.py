@@ -19,6 +19,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from sqlalchemy import select, update
 
+from .. import signals
 from ..extensions import db
 from ..keystore import keyring
 from ..models import Token
@@ -125,7 +126,10 @@ def redeem_code(code: str) -> dict | None:
     if outcome == 1:
         return json.loads(raw)
     if outcome == 2:
-        revoke_family(json.loads(raw)["family_id"])
+        record = json.loads(raw)
+        revoke_family(record["family_id"])
+        signals.emit(signals.TOKEN_REUSE_DETECTED, "refused", account_id=record["account_id"],
+                     client_id=record["client_id"], kind="authorization_code")
     return None
 
 
