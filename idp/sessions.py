@@ -54,9 +54,45 @@ def start(account_id: int, acr: str, amr: list[str], fresh_for: str | None = Non
     session = SsoSession(sid=secrets.token_urlsafe(16), account_id=account_id, auth_time=now, acr=acr,
                          amr=list(amr), created_at=now, fresh_for=[fresh_for] if fresh_for else [])
     cookie = secrets.token_urlsafe(32)
-    store().put(_key(cookie), asdict(session), current_app.config["SESSION_TTL"])
+    ttl = int(current_app.config["SESSION_TTL"])
+    store().put(_key(cookie), asdict(session), ttl)
+    index = store().key(_index(account_id))
+    pipe = store().redis.pipeline()
+    pipe.sadd(index, _key(cookie))
+    pipe.expire(index, ttl)
+    pipe.execute()
     g.sso, g.sso_cookie, g.sso_set_cookie = session, cookie, cookie
     return session
+
+
+def _index(account_id: int) -> str:
+    return f"account-sessions:{account_id}"
+
+
+def of_account(account_id: int) -> list[tuple[str, SsoSession]]:
+    """The account's live sessions as (handle, session); the handle is a hash, never the cookie value."""
+    found = []
+    for key in store().redis.smembers(store().key(_index(account_id))):
+        data = store().get(key)
+        if data is not None:
+            found.append((key.rsplit(":", 1)[-1], SsoSession(**data)))
+    return found
+
+
+def end_all(account_id: int, keep_current: bool = False) -> int:
+    """End every session of the account (after a password change or reset); return how many ended."""
+    index = store().key(_index(account_id))
+    current_key = _key(g.sso_cookie) if keep_current and g.get("sso_cookie") else None
+    ended = 0
+    for key in store().redis.smembers(index):
+        if key == current_key:
+            continue
+        store().destroy(key)
+        store().redis.srem(index, key)
+        ended += 1
+    if not keep_current and g.get("sso") is not None and g.sso.account_id == account_id:
+        end()
+    return ended
 
 
 def use_fresh(session: SsoSession, request_hash: str) -> None:
@@ -77,7 +113,10 @@ def _save(session: SsoSession) -> None:
 def end() -> None:
     cookie = g.get("sso_cookie") or request.cookies.get(current_app.config["SSO_COOKIE_NAME"])
     if cookie:
+        session = g.get("sso")
         store().destroy(_key(cookie))
+        if session is not None:
+            store().redis.srem(store().key(_index(session.account_id)), _key(cookie))
         g.sso_clear_cookie = True
     g.sso, g.sso_cookie = None, None
 

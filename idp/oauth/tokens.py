@@ -187,6 +187,13 @@ def revoke_access(row: Token) -> None:
     db.session.commit()
 
 
+def revoke_account_tokens(account_id: int) -> None:
+    """End every grant of the account (password reset or change): its refresh tokens and access tokens."""
+    db.session.execute(update(Token).where(Token.account_id == account_id, Token.revoked_at.is_(None))
+                       .values(revoked_at=int(time.time())))
+    db.session.commit()
+
+
 def revoke_client_tokens(client_id: str) -> None:
     db.session.execute(update(Token).where(Token.client_id == client_id, Token.revoked_at.is_(None))
                        .values(revoked_at=int(time.time())))
