@@ -57,6 +57,10 @@ DEFAULTS: dict[str, object] = {
     "OTP_SENDS_PER_HOUR_ADDRESS": 20,  # codes per hour requested from one client address
     "SIM_PIN_MAX_ATTEMPTS": 3,  # wrong data-SIM PINs within one flow
     "SIM_PIN_ATTEMPTS_PER_LINE_PER_DAY": 10,  # wrong data-SIM PINs per line, across flows
+    # recovery
+    "RECOVERY_MAX_ANSWER_ATTEMPTS": 3,  # wrong answers within one recovery before it ends
+    "RECOVERY_ANSWERS_PER_HOUR": 6,  # wrong-or-right answers per line per hour (throttle, never a lock)
+    "RECOVERY_ANSWERS_PER_HOUR_ADDRESS": 30,  # answers per client address per hour
     # passwords and security questions
     "PASSWORD_MIN_LENGTH": 8,
     "PASSWORD_MAX_LENGTH": 128,
@@ -72,6 +76,7 @@ DEFAULTS: dict[str, object] = {
     "SMTP_FROM": "no-reply@selfcare.example",
     "SMTP_FROM_NAME": "Selfcare Business",
     "SMTP_TIMEOUT": 10,  # seconds
+    "SMTP_CA_FILE": "",  # PEM file of the CA(s) that sign the relay's certificate; empty: system trust store
     "SMS_GATEWAY_URL": "",  # the gateway's endpoint; receives {"to", "from", "text"} as JSON
     "SMS_GATEWAY_AUTH_HEADER": "",  # e.g. "Authorization: Bearer …"
     "SMS_GATEWAY_SENDER_ID": "Selfcare",
