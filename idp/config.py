@@ -57,6 +57,13 @@ DEFAULTS: dict[str, object] = {
     "OTP_SENDS_PER_HOUR_ADDRESS": 20,  # codes per hour requested from one client address
     "SIM_PIN_MAX_ATTEMPTS": 3,  # wrong data-SIM PINs within one flow
     "SIM_PIN_ATTEMPTS_PER_LINE_PER_DAY": 10,  # wrong data-SIM PINs per line, across flows
+    # password guessing (per typed line and per client address)
+    "LOCKOUT_THRESHOLD": 10,  # attempts per line within the window before a temporary lock
+    "LOCKOUT_THRESHOLD_ADDRESS": 100,  # attempts per client address within the window before a temporary lock
+    "LOCKOUT_WINDOW": 900,  # seconds over which attempts are counted
+    "LOCKOUT_DURATION": 900,  # seconds a lock lasts
+    "LOCKOUT_FREE_FAILURES": 3,  # failures before the progressive delay starts
+    "LOCKOUT_MAX_DELAY": 30,  # seconds, the longest progressive delay
     # recovery
     "RECOVERY_MAX_ANSWER_ATTEMPTS": 3,  # wrong answers within one recovery before it ends
     "RECOVERY_ANSWERS_PER_HOUR": 6,  # wrong-or-right answers per line per hour (throttle, never a lock)

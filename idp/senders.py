@@ -102,14 +102,15 @@ def _deliver_smtp(message: Message) -> None:
     security = config["SMTP_SECURITY"]
     timeout = float(config["SMTP_TIMEOUT"])
     try:
+        context = ssl.create_default_context(cafile=config["SMTP_CA_FILE"] or None)
         if security == "tls":
             smtp = smtplib.SMTP_SSL(config["SMTP_HOST"], int(config["SMTP_PORT"]), timeout=timeout,
-                                    context=ssl.create_default_context())
+                                    context=context)
         else:
             smtp = smtplib.SMTP(config["SMTP_HOST"], int(config["SMTP_PORT"]), timeout=timeout)
         with smtp:
             if security == "starttls":
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=context)
             if config["SMTP_USERNAME"]:
                 smtp.login(config["SMTP_USERNAME"], config["SMTP_PASSWORD"])
             smtp.send_message(mail)

@@ -181,3 +181,55 @@ def live_server(make_app):
 def pytest_report_header(config):
     return [f"database: {'PostgreSQL ' + DATABASE_URL if DATABASE_URL else 'SQLite (embedded default)'}",
             f"redis: {REDIS_URL or 'embedded in-process store'}"]
+
+
+# --- real receivers for the senders (issue 3 point 8): see tests/receivers.py --------------------------------------
+
+SMS_GATEWAY_TOKEN = "test-token"  # noqa: S105 - the loopback gateway's bearer token
+
+
+@pytest.fixture
+def smtp_receiver():
+    """A real SMTP server on 127.0.0.1 (plain, no login), stopped after the test.
+
+    ``smtp_receiver.port``; ``.messages(to)``, ``.wait_for(to)`` (next unseen message), ``.last(to)`` and
+    ``.last_code(to)`` (the 6-digit code in the newest e-mail's text part) read what arrived; each message has
+    ``subject``, ``text``, ``html``, ``from_``, ``rcpt_tos``, ``tls``, ``login``. For STARTTLS/TLS and AUTH build
+    ``receivers.SmtpReceiver(security="starttls", auth=True)`` in a ``with`` block; its ``settings()`` are the
+    matching IdP settings (including ``SMTP_CA_FILE``).
+    """
+    from .receivers import SmtpReceiver
+    with SmtpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def sms_gateway():
+    """A real HTTP SMS gateway on 127.0.0.1 requiring ``Authorization: Bearer test-token``, stopped after the test.
+
+    ``sms_gateway.url``; ``.requests`` (every POST, with headers and the status answered); ``.messages(to)``,
+    ``.wait_for(to)``, ``.last(to)``, ``.last_code(to)`` over the SMS it accepted. Switch its behaviour with
+    ``.answer_ok()``, ``.fail_then_ok(n, status=503)``, ``.reject(status=400)``, ``.hang(seconds)``.
+    """
+    from .receivers import SmsGateway
+    with SmsGateway(token=SMS_GATEWAY_TOKEN) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def real_senders_settings(smtp_receiver, sms_gateway):
+    """Settings sending e-mail to ``smtp_receiver`` (SMTP, security none) and SMS to ``sms_gateway`` (HTTP).
+
+    For a live server: ``make_app(ISSUER=f"http://127.0.0.1:{port}", **real_senders_settings)`` and then
+    ``LiveServer(app, port).start()``; read codes with ``sms_gateway.last_code(line)`` /
+    ``smtp_receiver.last_code(address)`` instead of the outbox.
+    """
+    return {**smtp_receiver.settings(), **sms_gateway.settings(), "SMTP_TIMEOUT": 3, "SMS_GATEWAY_TIMEOUT": 2}
+
+
+@pytest.fixture
+def real_senders_app(make_app, real_senders_settings):
+    """An app (``make_app``) whose senders are real: EMAIL_SENDER=smtp → ``smtp_receiver``, SMS_SENDER=http →
+    ``sms_gateway`` (with ``SMS_GATEWAY_AUTH_HEADER="Authorization: Bearer test-token"``). Request the receiver
+    fixtures too to read the codes: ``def test_x(real_senders_app, sms_gateway, smtp_receiver)``."""
+    return make_app(**real_senders_settings)
