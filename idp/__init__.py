@@ -57,8 +57,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.register_blueprint(blueprint)
     app.jinja_env.globals["has_endpoint"] = lambda name: name in app.view_functions
 
-    from . import cli, msisdn
+    from . import cli, devpages, msisdn
     cli.init_app(app)
+    devpages.init_app(app)  # /dev/outbox, only when DEPLOYMENT == "development"
     app.add_template_filter(msisdn.mask, "mask_line")
     from flask_babel import get_locale
     app.jinja_env.globals["current_locale"] = lambda: str(get_locale() or "it")

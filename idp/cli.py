@@ -4,6 +4,7 @@ The schema is managed with Flask-Migrate: ``flask --app wsgi db upgrade``.
 """
 from __future__ import annotations
 
+import csv
 import json
 
 import click
@@ -204,3 +205,87 @@ def audit_export(since_text, fmt, output):
         moment = moment.replace(tzinfo=timezone.utc)
     count = audit.export(audit.since(moment), fmt, output)
     click.echo(f"{count} events", err=True)
+
+
+# directory ------------------------------------------------------------------------------------------------------
+@idp.group("directory", help="The customer and line directory (SPEC §2): import a file, show a line.")
+def directory_group():
+    pass
+
+
+@directory_group.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def directory_import(path):
+    """Import customers and lines from a CSV or JSON file (by extension), all or nothing.
+
+    Rows are counted from the first data row (CSV) or the first object (JSON). Re-importing updates customers by
+    code and lines by number; a data SIM's PIN is stored hashed, and kept when a later file leaves it empty.
+    """
+    from . import directory
+    with open(path, encoding="utf-8-sig") as fh:
+        text = fh.read()
+    try:
+        rows = directory.parse_file(path, text)
+    except (ValueError, csv.Error) as exc:  # json.JSONDecodeError is a ValueError
+        raise click.ClickException(f"cannot read {path}: {exc}") from exc
+    report = directory.import_rows(rows)
+    if report.errors:
+        for error in report.errors:
+            click.echo(error, err=True)
+        raise click.ClickException(f"{len(report.errors)} error(s) in {path}: nothing was imported")
+    click.echo(f"customers: {report.customers_created} created, {report.customers_updated} updated")
+    click.echo(f"lines:     {report.lines_created} created, {report.lines_updated} updated")
+
+
+@directory_group.command("show")
+@click.argument("line")
+def directory_show(line):
+    """Show a line as the directory knows it (any common form of the number: 333 123 4567, +39…, 0039…)."""
+    from sqlalchemy import select
+
+    from . import msisdn
+    from .directory import directory
+    from .extensions import db
+    from .models import Account, AccountLine, Line
+
+    number = msisdn.try_normalise(line)
+    if number is None:
+        raise click.ClickException(f"{line!r} is not a mobile line number")
+    info = directory().line(number)
+    if info is None:
+        raise click.ClickException(f"{number} is not in the directory")
+    row = db.session.scalar(select(Line).where(Line.msisdn == number))
+    link = db.session.scalar(select(AccountLine).where(AccountLine.line_id == row.id))
+    account = db.session.get(Account, link.account_id) if link is not None else None
+    click.echo(f"line:      {info.msisdn}")
+    click.echo(f"customer:  {info.customer.code} — {info.customer.name}")
+    click.echo(f"sim type:  {info.sim_type}")
+    click.echo(f"status:    {info.status}")
+    if info.sim_type == "data":
+        click.echo(f"sim pin:   {'set (stored hashed)' if row.sim_pin_hash else 'not set'}")
+    if account is None:
+        click.echo("account:   none (free for registration or Associa SIM)")
+    else:
+        registered = "registered line" if account.username == number else "associated SIM"
+        click.echo(f"account:   {msisdn.mask(account.username)} ({account.role}, {account.status}; "
+                   f"{registered}, slot {link.slot})")
+
+
+# outbox ---------------------------------------------------------------------------------------------------------
+@idp.command("outbox")
+@click.option("-n", "--last", "count", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="How many of the newest messages to print.")
+def outbox(count):
+    """Print the development outbox: the SMS and e-mails the outbox sender "sent", oldest first."""
+    import time
+
+    from . import senders
+    messages = senders.read_outbox(limit=count)[::-1]
+    if not messages:
+        click.echo(f"the outbox is empty ({senders.outbox_path()})")
+        return
+    for message in messages:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(message.get("sent_at", 0)))
+        subject = f"  «{message['subject']}»" if message.get("subject") else ""
+        click.echo(f"--- {when}  {message['channel']}  to {message['to']}{subject}")
+        click.echo(message["text"])

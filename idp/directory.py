@@ -171,23 +171,26 @@ def validate_row(row: dict) -> tuple[str, dict] | str:
 def import_rows(rows: list[dict]) -> ImportReport:
     """Validate every row, then import all of them in one transaction — or none if any row is bad."""
     report = ImportReport()
-    customers, lines = {}, {}
+    customers, lines, row_of, problems = {}, {}, {}, []
     for number, row in enumerate(rows, start=1):
         result = validate_row(row)
         if isinstance(result, str):
-            report.errors.append(f"row {number}: {result}")
+            problems.append((number, result))
             continue
         kind, fields = result
         target = customers if kind == "customer" else lines
         key = fields["code"] if kind == "customer" else fields["msisdn"]
         if key in target:
-            report.errors.append(f"row {number}: {key} appears twice in the file")
+            problems.append((number, f"{key} appears twice in the file (first at row {row_of[key]})"))
+        else:
+            row_of[key] = number
         target[key] = fields
     known_codes = set(customers) | set(db.session.scalars(select(Customer.code)))
-    for fields in lines.values():
+    for key, fields in lines.items():
         if fields["customer_code"] not in known_codes:
-            report.errors.append(f"line {fields['msisdn']}: unknown customer {fields['customer_code']}")
-    if report.errors:
+            problems.append((row_of[key], f"line {key}: unknown customer {fields['customer_code']}"))
+    if problems:
+        report.errors = [f"row {number}: {message}" for number, message in sorted(problems)]
         return report
     try:
         by_code = {c.code: c for c in db.session.scalars(select(Customer).where(Customer.code.in_(
