@@ -31,6 +31,17 @@ def _select_locale():
     return request.accept_languages.best_match(offered, default=default)
 
 
+def _datetime_local(epoch: int) -> str:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+    return datetime.fromtimestamp(int(epoch), ZoneInfo("Europe/Rome")).strftime("%d/%m/%Y %H:%M")
+
+
+def _signed_in():
+    """For the header's user icon: whether this browser has an SSO session (HTML pages only)."""
+    return {"signed_in": lambda: sessions.current() is not None}
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     config.load(app, test_config)
@@ -61,6 +72,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     cli.init_app(app)
     devpages.init_app(app)  # /dev/outbox, only when DEPLOYMENT == "development"
     app.add_template_filter(msisdn.mask, "mask_line")
+    app.add_template_filter(_datetime_local, "datetime_local")
+    app.context_processor(_signed_in)
     from flask_babel import get_locale
     app.jinja_env.globals["current_locale"] = lambda: str(get_locale() or "it")
     _register_handlers(app)

@@ -5,11 +5,13 @@ always verified against a real or a dummy argon2id hash before the answer is dec
 """
 from __future__ import annotations
 
+from flask_babel import gettext as _
 from sqlalchemy import select
 
-from . import msisdn, passwords
+from . import msisdn, passwords, registration, senders, sessions, signals
 from .extensions import db
 from .models import Account
+from .oauth import tokens
 
 
 def by_id(account_id: int) -> Account | None:
@@ -39,3 +41,26 @@ def check_password(username_text: str, password: str) -> Account | None:
         account.password_hash = passwords.hash_secret(password)
         db.session.commit()
     return account
+
+
+def change_credentials(account: Account, password: str, question: str, answer: str, *, reason: str,
+                       locale: str | None = None, keep_current_session: bool = False) -> None:
+    """The one way a password changes (SPEC §3 points 2, 7, 8): new password and new security question.
+
+    Every other session and every grant (refresh and access tokens) of the account ends; the person is told on
+    their channel, except at the forced change of a temporary password, which they are doing right now.
+    """
+    registration.set_credentials(account, password, question, answer)
+    sessions.end_all(account.id, keep_current=keep_current_session)
+    tokens.revoke_account_tokens(account.id)
+    signals.emit(signals.PASSWORD_CHANGED, account_id=account.id, line=account.username, via=reason)
+    if reason == "first_login":
+        return
+    try:
+        if account.otp_channel == "email" and account.email:
+            senders.send_email(account.email, "password_changed", _("La tua password è stata cambiata"),
+                               locale=locale, line=msisdn.mask(account.username))
+        else:
+            senders.send_sms(account.username, "password_changed", locale=locale)
+    except senders.DeliveryFailed:
+        signals.emit(signals.CODE_SEND_FAILED, "failed", account_id=account.id, purpose="password_changed_notice")

@@ -79,6 +79,24 @@ def of_account(account_id: int) -> list[tuple[str, SsoSession]]:
     return found
 
 
+def end_one(account_id: int, handle: str) -> bool:
+    """End one of the account's sessions by its handle (from ``of_account``)."""
+    key = "session:" + handle
+    index = store().key(_index(account_id))
+    if not store().redis.sismember(index, key):
+        return False
+    store().destroy(key)
+    store().redis.srem(index, key)
+    if g.get("sso_cookie") and _key(g.sso_cookie) == key:
+        end()
+    return True
+
+
+def handle_of_current() -> str | None:
+    cookie = g.get("sso_cookie")
+    return _key(cookie).rsplit(":", 1)[-1] if cookie else None
+
+
 def end_all(account_id: int, keep_current: bool = False) -> int:
     """End every session of the account (after a password change or reset); return how many ended."""
     index = store().key(_index(account_id))

@@ -25,8 +25,7 @@ from flask_wtf import FlaskForm
 from wtforms import StringField
 from wtforms.validators import DataRequired, Length
 
-from .. import accounts, msisdn, otp, passwords, ratelimit, registration, security_questions, senders, sessions, signals
-from ..oauth import tokens
+from .. import accounts, msisdn, otp, passwords, ratelimit, security_questions, senders, signals
 from .base import Flow, FlowConflict, TooManyAttempts, client_address
 from .login import LoginFlow
 from .steps import NewCredentialsForm, credentials_problems
@@ -221,29 +220,13 @@ def _new_credentials(flow: RecoveryFlow):
                 flow.advance("done")
             except FlowConflict:
                 return render_template("flows/expired.html"), 410
-            reset_password(account, form.password.data, form.question.data, form.answer.data,
-                           flow.data.get("locale"))
+            accounts.change_credentials(account, form.password.data, form.question.data, form.answer.data,
+                                        reason=PURPOSE, locale=flow.data.get("locale"))
             flow.finish()
             return _page(flow, "done", continue_url=_continue_url(flow))
     elif request.method == "POST":
         problems = [str(m) for errors in form.errors.values() for m in errors]
     return _page(flow, "new_credentials", form=form, problems=problems)
-
-
-def reset_password(account, password: str, question: str, answer: str, locale: str | None) -> None:
-    """Save the new credentials, end every session and grant of the account, and tell the person."""
-    registration.set_credentials(account, password, question, answer)
-    sessions.end_all(account.id)
-    tokens.revoke_account_tokens(account.id)
-    signals.emit(signals.PASSWORD_CHANGED, account_id=account.id, line=account.username, via=PURPOSE)
-    try:
-        if account.otp_channel == "email" and account.email:
-            senders.send_email(account.email, "password_changed", _("La tua password è stata cambiata"),
-                               locale=locale, line=msisdn.mask(account.username))
-        else:
-            senders.send_sms(account.username, "password_changed", locale=locale)
-    except senders.DeliveryFailed:
-        signals.emit(signals.CODE_SEND_FAILED, "failed", account_id=account.id, purpose="password_changed_notice")
 
 
 def _continue_url(flow: RecoveryFlow) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from flask import current_app
 from joserfc import jwt
 from joserfc.errors import JoseError
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from .. import signals
 from ..extensions import db
@@ -191,6 +191,23 @@ def revoke_account_tokens(account_id: int) -> None:
     """End every grant of the account (password reset or change): its refresh tokens and access tokens."""
     db.session.execute(update(Token).where(Token.account_id == account_id, Token.revoked_at.is_(None))
                        .values(revoked_at=int(time.time())))
+    db.session.commit()
+
+
+def applications_of_account(account_id: int) -> list[tuple[str, int]]:
+    """The clients holding a live grant of the account: (client_id, when the latest token was issued)."""
+    now = int(time.time())
+    rows = db.session.execute(
+        select(Token.client_id, func.max(Token.issued_at)).where(
+            Token.account_id == account_id, Token.revoked_at.is_(None),
+            or_(Token.expires_at > now, and_(Token.refresh_used_at.is_(None), Token.refresh_expires_at > now)))
+        .group_by(Token.client_id).order_by(func.max(Token.issued_at).desc()))
+    return [(client_id, issued_at) for client_id, issued_at in rows]
+
+
+def revoke_account_client(account_id: int, client_id: str) -> None:
+    db.session.execute(update(Token).where(Token.account_id == account_id, Token.client_id == client_id,
+                                           Token.revoked_at.is_(None)).values(revoked_at=int(time.time())))
     db.session.commit()
 
 
