@@ -57,6 +57,14 @@ DEFAULTS: dict[str, object] = {
     "OTP_SENDS_PER_HOUR_ADDRESS": 20,  # codes per hour requested from one client address
     "SIM_PIN_MAX_ATTEMPTS": 3,  # wrong data-SIM PINs within one flow
     "SIM_PIN_ATTEMPTS_PER_LINE_PER_DAY": 10,  # wrong data-SIM PINs per line, across flows
+    # network autologin (the operator's header-enrichment gateway); off unless CIDRs and keys are set
+    "AUTOLOGIN_TRUSTED_CIDRS": [],  # the gateway's addresses as seen in REMOTE_ADDR (after PROXY_FIX_HOPS)
+    "AUTOLOGIN_MSISDN_HEADER": "X-MSISDN",  # the one header the gateway sets
+    "AUTOLOGIN_SIGNATURE_HEADER": "X-MSISDN-Signature",  # kid=…;ts=…;nonce=…;sig=base64url(HMAC-SHA256)
+    "AUTOLOGIN_GATEWAY_KEYS": {},  # key id → shared secret (JSON object in IDP_AUTOLOGIN_GATEWAY_KEYS)
+    "AUTOLOGIN_MAX_SKEW": 60,  # seconds the signed timestamp may differ from our clock
+    "AUTOLOGIN_PER_LINE_PER_HOUR": 30,  # network identifications of one line per hour
+    "AUTOLOGIN_PER_ADDRESS_PER_HOUR": 600,  # network identifications through one gateway address per hour
     # password guessing (per typed line and per client address)
     "LOCKOUT_THRESHOLD": 10,  # attempts per line within the window before a temporary lock
     "LOCKOUT_THRESHOLD_ADDRESS": 100,  # attempts per client address within the window before a temporary lock
@@ -155,6 +163,16 @@ def validate(config) -> None:
         raise ConfigError("SMTP_SECURITY is none, starttls or tls")
     if config["SMS_SENDER"] == "http" and not config["SMS_GATEWAY_URL"]:
         raise ConfigError("SMS_SENDER=http needs SMS_GATEWAY_URL")
+    import ipaddress
+    for cidr in config["AUTOLOGIN_TRUSTED_CIDRS"]:
+        try:
+            network = ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"AUTOLOGIN_TRUSTED_CIDRS: {cidr!r} is not a network") from exc
+        if network.prefixlen == 0:
+            raise ConfigError("AUTOLOGIN_TRUSTED_CIDRS must name the gateway's addresses, not the whole Internet")
+    if not isinstance(config["AUTOLOGIN_GATEWAY_KEYS"], dict):
+        raise ConfigError("AUTOLOGIN_GATEWAY_KEYS is a JSON object: key id → secret")
     if config["DEPLOYMENT"] != "production":
         return
     problems = []
@@ -172,6 +190,8 @@ def validate(config) -> None:
         problems.append("REDIS_URL must name a Redis server (the embedded store serves one process only)")
     if not config["COOKIE_SECURE"]:
         problems.append("COOKIE_SECURE cannot be off")
+    if any(len(str(secret)) < 32 for secret in config["AUTOLOGIN_GATEWAY_KEYS"].values()):
+        problems.append("every AUTOLOGIN_GATEWAY_KEYS secret must have at least 32 characters")
     if config["EMAIL_SENDER"] == "smtp" and config["SMTP_SECURITY"] == "none":
         problems.append("SMTP_SECURITY=none sends codes in clear: use starttls or tls")
     if problems:

@@ -12,6 +12,8 @@ security_event = _signals.signal("security-event")
 
 LOGIN_SUCCEEDED = "login.succeeded"
 LOGIN_FAILED = "login.failed"
+AUTOLOGIN_SPOOF = "autologin.spoof"
+AUTOLOGIN_THROTTLED = "autologin.throttled"
 LOGOUT = "logout"
 ACCOUNT_LOCKED = "account.locked"
 ACCOUNT_UNLOCKED = "account.unlocked"

@@ -1,0 +1,165 @@
+"""Trusting the operator's enrichment gateway (SPEC §3 point 3; issue 5 points 1–3; notes/security.md §3).
+
+A request is network-identified only when all of these hold:
+
+1. its TCP peer (``REMOTE_ADDR`` after ProxyFix with the exact number of trusted hops — never the left-most
+   ``X-Forwarded-For``) is inside ``AUTOLOGIN_TRUSTED_CIDRS``;
+2. it carries exactly one ``AUTOLOGIN_MSISDN_HEADER`` value, a valid mobile number;
+3. it carries ``AUTOLOGIN_SIGNATURE_HEADER`` = ``kid=…;ts=…;nonce=…;sig=…`` where ``sig`` is
+   base64url(HMAC-SHA256(key[kid], "<msisdn>|<ts>|<nonce>")), ``ts`` within ±``AUTOLOGIN_MAX_SKEW`` seconds, and the
+   nonce never seen before (Redis SET NX);
+4. the per-line and per-address limits are not exceeded.
+
+Anything else that carries an MSISDN-like header is a spoof attempt: ignored, and written to the audit log with
+the reason (the number masked). With no trusted CIDR or no gateway key configured, autologin is off. WSGI folds
+``X-MSISDN`` and ``X_MSISDN`` into the same key, and joins duplicates with commas; the signature, not the spelling,
+is what is trusted, and a joined (duplicated) value is refused.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from flask import current_app, g, request
+
+from . import msisdn, ratelimit, signals
+from .store import store
+
+
+@dataclass(frozen=True)
+class NetworkIdentity:
+    msisdn: str
+    kid: str
+
+
+def enabled() -> bool:
+    config = current_app.config
+    return bool(config["AUTOLOGIN_TRUSTED_CIDRS"]) and bool(config["AUTOLOGIN_GATEWAY_KEYS"])
+
+
+@lru_cache(maxsize=16)
+def _networks(cidrs: tuple[str, ...]):
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _trusted_peer(address: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip in net for net in _networks(tuple(current_app.config["AUTOLOGIN_TRUSTED_CIDRS"])))
+
+
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def _msisdn_like_headers() -> list[str]:
+    return [k for k in request.environ if k.startswith("HTTP_") and ("MSISDN" in k or "CALLING_LINE" in k)]
+
+
+def sign(secret: str, number: str, ts: int, nonce: str) -> str:
+    """The gateway's signature (used by the gateway, and by our tests acting as one)."""
+    mac = hmac.new(secret.encode(), f"{number}|{ts}|{nonce}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def _parse_signature(value: str) -> dict | None:
+    parts = {}
+    for item in value.split(";"):
+        name, sep, val = item.strip().partition("=")
+        if not sep or name in parts:
+            return None
+        parts[name] = val
+    return parts if set(parts) == {"kid", "ts", "nonce", "sig"} else None
+
+
+def _spoof(reason: str, number: str | None = None) -> None:
+    signals.emit(signals.AUTOLOGIN_SPOOF, "refused", line=number, reason=reason)
+
+
+def identify() -> NetworkIdentity | None:
+    """The verified network identity of this request, or None (spoof attempts are logged). Memoised per request."""
+    if "network_identity" in g:
+        return g.network_identity
+    g.network_identity = _identify()
+    return g.network_identity
+
+
+def _identify() -> NetworkIdentity | None:
+    config = current_app.config
+    present = _msisdn_like_headers()
+    if not present:
+        return None
+    header_key = _environ_key(config["AUTOLOGIN_MSISDN_HEADER"])
+    raw = request.environ.get(header_key, "")
+    typed = msisdn.try_normalise(raw.split(",")[0]) if raw else None
+    if not enabled():
+        _spoof("autologin_off", typed)
+        return None
+    if not _trusted_peer(request.remote_addr):
+        _spoof("untrusted_peer", typed)
+        return None
+    expected_keys = {header_key, _environ_key(config["AUTOLOGIN_SIGNATURE_HEADER"])}
+    if header_key not in present or set(present) - expected_keys:
+        _spoof("unexpected_header", typed)
+        return None
+    if "," in raw:
+        _spoof("duplicated_header", typed)
+        return None
+    if typed is None:
+        _spoof("malformed_msisdn")
+        return None
+    signature = _parse_signature(request.environ.get(_environ_key(config["AUTOLOGIN_SIGNATURE_HEADER"]), ""))
+    if signature is None:
+        _spoof("missing_signature", typed)
+        return None
+    secret = config["AUTOLOGIN_GATEWAY_KEYS"].get(signature["kid"])
+    if not secret:
+        _spoof("unknown_key", typed)
+        return None
+    expected = sign(secret, raw.strip(), signature["ts"], signature["nonce"])
+    if not hmac.compare_digest(expected, signature["sig"]):
+        _spoof("bad_signature", typed)
+        return None
+    try:
+        ts = int(signature["ts"])
+    except ValueError:
+        _spoof("bad_timestamp", typed)
+        return None
+    if abs(time.time() - ts) > int(config["AUTOLOGIN_MAX_SKEW"]):
+        _spoof("stale", typed)
+        return None
+    if not (8 <= len(signature["nonce"]) <= 64) or not store().add(
+            f"gateway-nonce:{signature['kid']}:{signature['nonce']}", 1, 2 * int(config["AUTOLOGIN_MAX_SKEW"]) + 5):
+        _spoof("replayed", typed)
+        return None
+    try:
+        ratelimit.hit("autologin-line", typed, int(config["AUTOLOGIN_PER_LINE_PER_HOUR"]), 3600)
+        ratelimit.hit("autologin-address", request.remote_addr or "-", int(config["AUTOLOGIN_PER_ADDRESS_PER_HOUR"]),
+                      3600)
+    except ratelimit.RateLimited as exc:
+        signals.emit(signals.AUTOLOGIN_THROTTLED, "refused", line=typed, limit=exc.name)
+        return None
+    return NetworkIdentity(msisdn=typed, kid=signature["kid"])
+
+
+def eligible_account(identity: NetworkIdentity | None):
+    """The active employee account the identified line is associated with, if the line is active; else None.
+
+    Unknown and ineligible lines run the same single query, so they take the same time.
+    """
+    if identity is None:
+        return None
+    from sqlalchemy import select
+    from .extensions import db
+    from .models import Account, AccountLine, Line
+    return db.session.scalar(
+        select(Account).join(AccountLine, AccountLine.account_id == Account.id).join(Line, Line.id == AccountLine.line_id)
+        .where(Line.msisdn == identity.msisdn, Line.status == "active", Account.status == "active",
+               Account.role == "employee"))
