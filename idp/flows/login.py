@@ -3,8 +3,16 @@
 State diagram::
 
     credentials ──(line + password right)──▶ done: SSO session started, back to /authorize
-         │  └──(wrong, attempts left)──▶ credentials (same message for unknown line and wrong password)
+         │  │  └──(wrong, attempts left)──▶ credentials (same message for unknown line and wrong password)
+         │  └──(line + password right, password temporary)──▶ change_password
+         │                  ├──(policy refusals)──▶ change_password (the problems listed)
+         │                  └──(new password + security question and answer saved)──▶ done (as above)
          └──(attempts used up)──▶ flow ends; a new one starts with the same authorization request
+
+A temporary password (the referent's, e-mailed at registration — SPEC §3 point 4) opens no session: it only leads
+to ``change_password``, and the SSO session starts after ``accounts.change_credentials`` has saved the new password
+and question (``registration.set_credentials``, which clears the flag). Whoever abandons the change is not logged
+in, and the temporary password keeps working only until the change; it cannot be kept as the new one.
 
 The flow carries the original authorization request's query string and returns to it; the login marks that
 request as satisfied so ``prompt=login`` and ``max_age`` do not loop.
@@ -17,10 +25,11 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from .. import accounts, msisdn, sessions
+from .. import accounts, msisdn, passwords, sessions
 from ..oauth.policy import request_hash
 from ..oauth.scopes import ACR_PASSWORD, AMR
 from .base import Flow, FlowConflict, FlowExpired, TooManyAttempts
+from .steps import NewCredentialsForm, credentials_problems
 
 bp = Blueprint("login", __name__, url_prefix="/flows/login")
 
@@ -28,7 +37,7 @@ bp = Blueprint("login", __name__, url_prefix="/flows/login")
 class LoginFlow(Flow):
     kind = "login"
     initial = "credentials"
-    transitions = {"credentials": ("credentials", "done")}
+    transitions = {"credentials": ("credentials", "change_password", "done"), "change_password": ("done",)}
     attempts_setting = "LOGIN_MAX_ATTEMPTS"
 
 
@@ -72,6 +81,8 @@ def credentials(flow_id: str):
         except (FlowConflict, FlowExpired):
             pass
     g.locale = flow.data.get("locale")
+    if flow.state == "change_password":
+        return _change_password(flow)
     form = CredentialsForm()
     error = None
     if request.method == "GET" and flow.data.get("login_hint"):
@@ -83,16 +94,55 @@ def credentials(flow_id: str):
             return _restart(flow.data["authorize_query"], _("Troppi tentativi non riusciti: ricomincia l'accesso."))
         account = accounts.check_password(form.username.data, form.password.data)
         if account is not None:
+            next_state = "change_password" if account.password_temporary else "done"
             try:
-                flow.advance("done")
+                flow.advance(next_state, account_id=account.id)
             except (FlowConflict, FlowExpired):
                 return _restart(flow.data["authorize_query"], _("La richiesta è già stata inviata."))
-            flow.finish()
-            query = flow.data["authorize_query"]
-            sessions.start(account.id, ACR_PASSWORD, AMR[ACR_PASSWORD], fresh_for=request_hash(query.encode()))
-            return redirect(url_for("oauth.authorize") + "?" + query)
+            if next_state == "change_password":  # no session yet: only the change leads on
+                return redirect(url_for("login.credentials", flow_id=flow.id))
+            return _log_in(flow, account)
         error = _("Numero di linea o password non corretti.")
     elif request.method == "POST":
         error = _("Inserisci il numero di linea e la password.")
     return render_template("flows/login/credentials.html", form=form, flow=flow, error=error,
                            client_name=flow.data.get("client_name"))
+
+
+def _log_in(flow: LoginFlow, account):
+    """The flow is done: start the SSO session and go back to the authorization request."""
+    flow.finish()
+    query = flow.data["authorize_query"]
+    sessions.start(account.id, ACR_PASSWORD, AMR[ACR_PASSWORD], fresh_for=request_hash(query.encode()))
+    return redirect(url_for("oauth.authorize") + "?" + query)
+
+
+def new_credentials_problems(form: NewCredentialsForm, account) -> list[str]:
+    """The shared policy, and the temporary password (it travelled by e-mail) may not be kept."""
+    problems = credentials_problems(form, account.username, account.email)
+    if not problems and passwords.verify_secret(account.password_hash, form.password.data):
+        problems.append(_("La nuova password deve essere diversa da quella provvisoria."))
+    return problems
+
+
+def _change_password(flow: LoginFlow):
+    """The forced change after a temporary password (SPEC §3 point 2): new password + security question."""
+    account = accounts.active_by_id(flow.data["account_id"])
+    if account is None or not account.password_temporary:  # disabled, or changed from another window meanwhile
+        flow.finish()
+        return _restart(flow.data["authorize_query"], _("Accedi di nuovo con la tua password."))
+    form = NewCredentialsForm()
+    problems: list[str] = []
+    if request.method == "POST":
+        form.validate_on_submit()
+        problems = new_credentials_problems(form, account)
+        if not problems:
+            try:
+                flow.advance("done")  # compare-and-set: one submission goes on
+            except (FlowConflict, FlowExpired):
+                return _restart(flow.data["authorize_query"], _("La richiesta è già stata inviata."))
+            accounts.change_credentials(account, form.password.data, form.question.data, form.answer.data,
+                                        reason="first_login", locale=flow.data.get("locale"))
+            return _log_in(flow, account)
+    return render_template("flows/login/change_password.html", form=form, flow=flow, problems=problems,
+                           line=account.username, client_name=flow.data.get("client_name"))
