@@ -77,6 +77,7 @@ def base_config(database_url: str, keys_dir: str, **overrides) -> dict:
         "CLIENT_CACHE_TTL": 0,
         "OUTBOX_PATH": os.path.join(tempfile.mkdtemp(prefix="idp-outbox-"), "outbox.jsonl"),
         "OTP_RESEND_COOLDOWN": 0,
+        "LOCKOUT_FREE_FAILURES": 100,  # tests of the progressive delay set their own
         # argon2id stays argon2id, only cheaper: the tests verify behaviour, not cost
         "PASSWORD_ARGON2_TIME_COST": 1,
         "PASSWORD_ARGON2_MEMORY_COST": 8192,

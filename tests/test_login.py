@@ -130,3 +130,82 @@ def test_login_page_refuses_framing(client, login_page):
     response = client.get(url)
     assert response.headers["X-Frame-Options"] == "DENY"
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+def test_lockout_page_is_the_same_for_known_and_unknown_lines(make_app):
+    from .helpers import Factory
+    app = make_app(LOCKOUT_THRESHOLD=3, LOGIN_MAX_ATTEMPTS=50)
+    Factory(app).account()
+    rp = Factory(app).rp()
+    pages = {}
+    for line in (LINE, "+393930000042"):
+        client = app.test_client()
+        journey = Journey(client, rp)
+        url = journey.authorize().headers["Location"]
+        for _ in range(3):
+            assert journey.submit_login(url, username=line, password="wrong").status_code == 200
+        locked = journey.submit_login(url, username=line, password=PASSWORD if line == LINE else "x")
+        assert locked.status_code == 429
+        pages[line] = locked.text.split('<form')[0].split("</h1>")[-1]
+    assert pages[LINE].replace("+393930000042", "") == pages["+393930000042"].replace("+393930000042", "")
+    assert "sospeso per 15 minuti" in pages[LINE]
+
+
+def test_progressive_delay_on_login(make_app):
+    from .helpers import Factory
+    app = make_app(LOCKOUT_FREE_FAILURES=2, LOCKOUT_MAX_DELAY=30)
+    Factory(app).account()
+    journey = Journey(app.test_client(), Factory(app).rp())
+    url = journey.authorize().headers["Location"]
+    for _ in range(3):
+        journey.submit_login(url, password="wrong")
+    delayed = journey.submit_login(url)  # even the right password waits
+    assert delayed.status_code == 429 and "Attendi" in delayed.text
+
+
+def test_fifty_concurrent_wrong_passwords_through_the_login_page(make_app):
+    """Issue 4 point 3: counted exactly, and never a 51st guess past the limit."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests as http
+
+    from idp import lockout
+
+    from .conftest import LiveServer, free_port
+    from .helpers import Factory
+    port = free_port()
+    pool = {"pool_size": 60, "max_overflow": 0, "pool_timeout": 60}  # one connection per concurrent request
+    app = make_app(ISSUER=f"http://127.0.0.1:{port}", LOCKOUT_THRESHOLD=50, LOGIN_MAX_ATTEMPTS=1000,
+                   LOCKOUT_THRESHOLD_ADDRESS=1000, SQLALCHEMY_ENGINE_OPTIONS=pool)
+    live_server = LiveServer(app, port).start()
+    Factory(app).account()
+    rp = Factory(app).rp()
+    start = Journey(app.test_client(), rp).params()
+    sessions_and_urls = []
+    for _ in range(50):
+        browser = http.Session()
+        first = browser.get(live_server.url + "/authorize", params=start, allow_redirects=False)
+        url = live_server.url + first.headers["Location"]
+        token = csrf_of(browser.get(url).text)
+        sessions_and_urls.append((browser, url, token))
+    barrier = threading.Barrier(50)
+
+    def guess(item):
+        browser, url, token = item
+        barrier.wait(10)
+        return browser.post(url, data={"csrf_token": token, "username": LINE, "password": "wrong"},
+                            allow_redirects=False, timeout=60).status_code
+
+    with ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(guess, sessions_and_urls))
+    assert statuses.count(200) == 50, statuses
+    with app.test_request_context():
+        assert lockout.attempts(LINE) == 50
+    browser, url, token = sessions_and_urls[0]
+    last = browser.post(url, data={"csrf_token": token, "username": LINE, "password": PASSWORD},
+                        allow_redirects=False, timeout=30)
+    assert last.status_code == 429  # the 51st, even with the right password, is not checked
+    with app.test_request_context():
+        assert lockout.attempts(LINE) == 50
+    live_server.stop()

@@ -25,10 +25,10 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from .. import accounts, msisdn, passwords, sessions
+from .. import accounts, lockout, msisdn, passwords, sessions, signals
 from ..oauth.policy import request_hash
 from ..oauth.scopes import ACR_PASSWORD, AMR
-from .base import Flow, FlowConflict, FlowExpired, TooManyAttempts
+from .base import Flow, FlowConflict, FlowExpired, TooManyAttempts, client_address
 from .steps import NewCredentialsForm, credentials_problems
 
 bp = Blueprint("login", __name__, url_prefix="/flows/login")
@@ -56,7 +56,7 @@ def _locale(ui_locales: str | None) -> str | None:
 
 def begin(authorize_query: str, client, login_hint: str | None, ui_locales: str | None):
     """Start a login for an authorization request and send the browser to it."""
-    flow = LoginFlow.start(authorize_query=authorize_query, client_name=client.name,
+    flow = LoginFlow.start(authorize_query=authorize_query, client_name=client.name, client_id=client.client_id,
                            login_hint=msisdn.try_normalise(login_hint) if login_hint else None,
                            locale=_locale(ui_locales))
     return redirect(url_for("login.credentials", flow_id=flow.id))
@@ -92,8 +92,19 @@ def credentials(flow_id: str):
             flow.count_attempt()
         except TooManyAttempts:
             return _restart(flow.data["authorize_query"], _("Troppi tentativi non riusciti: ricomincia l'accesso."))
+        typed = msisdn.try_normalise(form.username.data) or form.username.data.strip()
+        try:
+            ticket = lockout.take(typed, client_address())
+        except lockout.Locked as locked:
+            signals.emit(signals.LOGIN_FAILED, "locked", line=msisdn.try_normalise(typed))
+            return _locked_page(flow, form, locked)
         account = accounts.check_password(form.username.data, form.password.data)
-        if account is not None:
+        if account is None:
+            lockout.failed(ticket)
+            signals.emit(signals.LOGIN_FAILED, "refused", line=msisdn.try_normalise(typed),
+                         client_id=flow.data.get("client_id"))
+        else:
+            lockout.succeeded(ticket)
             next_state = "change_password" if account.password_temporary else "done"
             try:
                 flow.advance(next_state, account_id=account.id)
@@ -109,11 +120,25 @@ def credentials(flow_id: str):
                            client_name=flow.data.get("client_name"))
 
 
+def _locked_page(flow: LoginFlow, form, locked: lockout.Locked):
+    """The same page whether or not the line has an account: it says only how long to wait."""
+    if locked.locked:
+        minutes = max(1, (locked.retry_after + 59) // 60)
+        error = _("Troppi tentativi non riusciti: per sicurezza l'accesso con questa linea è sospeso per "
+                  "%(minutes)d minuti. Se non ricordi la password puoi recuperarla.", minutes=minutes)
+    else:
+        error = _("Attendi %(seconds)d secondi prima di riprovare.", seconds=locked.retry_after)
+    return render_template("flows/login/credentials.html", form=form, flow=flow, error=error,
+                           client_name=flow.data.get("client_name")), 429
+
+
 def _log_in(flow: LoginFlow, account):
     """The flow is done: start the SSO session and go back to the authorization request."""
     flow.finish()
     query = flow.data["authorize_query"]
     sessions.start(account.id, ACR_PASSWORD, AMR[ACR_PASSWORD], fresh_for=request_hash(query.encode()))
+    signals.emit(signals.LOGIN_SUCCEEDED, account_id=account.id, line=account.username,
+                 client_id=flow.data.get("client_id"), acr=ACR_PASSWORD)
     return redirect(url_for("oauth.authorize") + "?" + query)
 
 
