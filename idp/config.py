@@ -36,6 +36,7 @@ DEFAULTS: dict[str, object] = {
     "REFRESH_TOKEN_TTL": 86400,  # one refresh token (idle lifetime)
     "REFRESH_FAMILY_TTL": 2592000,  # a refresh-token family from its login (absolute lifetime)
     "SESSION_TTL": 28800,  # SSO session, absolute
+    "SESSION_TTL_NETWORK": 1800,  # SSO session opened by network autologin alone (weaker: shorter)
     "FLOW_TTL": 900,  # a login/registration/recovery flow
     # login
     "LOGIN_MAX_ATTEMPTS": 5,  # wrong passwords within one login flow before it restarts

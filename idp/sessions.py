@@ -26,6 +26,7 @@ class SsoSession:
     amr: list[str]
     created_at: int
     fresh_for: list[str] = field(default_factory=list)
+    expires_at: int = 0
 
     def is_fresh_for(self, request_hash: str) -> bool:
         return request_hash in self.fresh_for
@@ -47,14 +48,16 @@ def current() -> SsoSession | None:
     return g.sso
 
 
-def start(account_id: int, acr: str, amr: list[str], fresh_for: str | None = None) -> SsoSession:
+def start(account_id: int, acr: str, amr: list[str], fresh_for: str | None = None,
+          ttl: int | None = None) -> SsoSession:
     """Begin a new session for a fresh login, replacing (and destroying) the browser's previous one."""
     end()
     now = int(time.time())
     session = SsoSession(sid=secrets.token_urlsafe(16), account_id=account_id, auth_time=now, acr=acr,
                          amr=list(amr), created_at=now, fresh_for=[fresh_for] if fresh_for else [])
     cookie = secrets.token_urlsafe(32)
-    ttl = int(current_app.config["SESSION_TTL"])
+    ttl = int(ttl or current_app.config["SESSION_TTL"])
+    session.expires_at = now + ttl
     store().put(_key(cookie), asdict(session), ttl)
     index = store().key(_index(account_id))
     pipe = store().redis.pipeline()
@@ -113,6 +116,31 @@ def end_all(account_id: int, keep_current: bool = False) -> int:
     return ended
 
 
+def step_up(session: SsoSession, acr: str, amr: list[str], fresh_for: str | None = None) -> SsoSession:
+    """The same person proved more (RFC 9470 step-up): raise the session's level, keep its sid, renew the cookie."""
+    cookie = g.get("sso_cookie")
+    if not cookie:
+        return start(session.account_id, acr, amr, fresh_for)
+    old_key = _key(cookie)
+    session.auth_time, session.acr, session.amr = int(time.time()), acr, list(amr)
+    session.created_at = session.auth_time
+    session.expires_at = session.auth_time + int(current_app.config["SESSION_TTL"])
+    if fresh_for:
+        session.fresh_for.append(fresh_for)
+    new_cookie = secrets.token_urlsafe(32)  # a new level gets a new cookie value (no fixation)
+    ttl = int(current_app.config["SESSION_TTL"])
+    store().put(_key(new_cookie), asdict(session), ttl)
+    index = store().key(_index(session.account_id))
+    pipe = store().redis.pipeline()
+    pipe.sadd(index, _key(new_cookie))
+    pipe.srem(index, old_key)
+    pipe.expire(index, ttl)
+    pipe.execute()
+    store().destroy(old_key)
+    g.sso, g.sso_cookie, g.sso_set_cookie = session, new_cookie, new_cookie
+    return session
+
+
 def use_fresh(session: SsoSession, request_hash: str) -> None:
     """The fresh login has served its authorization request: the next one with prompt=login logs in again."""
     if request_hash in session.fresh_for:
@@ -123,7 +151,7 @@ def use_fresh(session: SsoSession, request_hash: str) -> None:
 def _save(session: SsoSession) -> None:
     cookie = g.get("sso_cookie")
     if cookie:
-        remaining = session.created_at + int(current_app.config["SESSION_TTL"]) - int(time.time())
+        remaining = session.expires_at - int(time.time())
         if remaining > 0:
             store().put(_key(cookie), asdict(session), remaining)
 

@@ -92,14 +92,14 @@ def authorize():
     try:
         grant = server.get_consent_grant(end_user=account)
         this_request = policy.request_hash(request.query_string)
-        must_login = policy.login_needed(request.args, sso, this_request, grant.redirect_uri)
-        if must_login and "none" in (request.args.get("prompt") or "").split():
+        decision = policy.decide(request.args, sso, this_request, grant.redirect_uri)
+        if decision.login and "none" in (request.args.get("prompt") or "").split():
             raise LoginRequiredError(redirect_uri=grant.redirect_uri)
     except OAuth2Error as error:
         return _authorization_error(error)
-    if must_login:
+    if decision.login:
         return login.begin(request.query_string.decode(), grant.client, request.args.get("login_hint"),
-                           request.args.get("ui_locales"))
+                           request.args.get("ui_locales"), decision, sso)
     response = server.create_authorization_response(
         grant=grant, grant_user=AuthenticatedUser(account=account, session=sso, request_hash=this_request))
     return _with_iss(response)
