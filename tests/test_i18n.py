@@ -51,7 +51,9 @@ def _read_po():
 
 
 def _key(message):
-    return message.id, message.context
+    # read_mo gives a plural entry's id as a list (unhashable): make it a tuple, as read_po does
+    msgid = tuple(message.id) if isinstance(message.id, (list, tuple)) else message.id
+    return msgid, message.context
 
 
 # catalogue --------------------------------------------------------------------------------------------------
