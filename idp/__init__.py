@@ -62,8 +62,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     oauth_server.init_app(app)
 
     from .flows import FLOW_BLUEPRINTS
+    from .oauth import native as oauth_native
     from .oauth import views as oauth_views
     app.register_blueprint(oauth_views.bp)
+    app.register_blueprint(oauth_native.bp)
     for blueprint in FLOW_BLUEPRINTS():
         app.register_blueprint(blueprint)
     app.jinja_env.globals["has_endpoint"] = lambda name: name in app.view_functions
@@ -78,6 +80,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.jinja_env.globals["current_locale"] = lambda: str(get_locale() or "it")
     _register_handlers(app)
     return app
+
+
+_JSON_ENDPOINTS = ("/token", "/revoke", "/introspect", "/userinfo", "/authorize-challenge")
 
 
 def _register_handlers(app: Flask) -> None:
@@ -107,7 +112,7 @@ def _register_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(error):
-        if request.path in ("/token", "/revoke", "/introspect", "/userinfo"):
+        if request.path in _JSON_ENDPOINTS:
             return {"error": "invalid_request", "error_description": error.description}, error.code
         messages = {404: _("La pagina richiesta non esiste."), 405: _("Metodo non consentito."),
                     413: _("La richiesta è troppo grande.")}
@@ -118,7 +123,7 @@ def _register_handlers(app: Flask) -> None:
     def _unexpected(error):
         app.logger.exception("unhandled error on %s", request.path)
         db.session.rollback()
-        if request.path in ("/token", "/revoke", "/introspect", "/userinfo"):
+        if request.path in _JSON_ENDPOINTS:
             return {"error": "server_error"}, 500
         return render_template("error.html", title=_("Servizio non disponibile"),
                                message=_("Si è verificato un errore. Riprova tra qualche minuto.")), 500

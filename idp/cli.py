@@ -47,16 +47,19 @@ def clients_group():
 @click.option("--id-token-alg", type=click.Choice(client_registry.SIGNING_ALGS), help="Default: the server's.")
 @click.option("--first-party", is_flag=True, help="An application of the operator itself.")
 @click.option("--may-introspect", is_flag=True, help="A resource server that may introspect every token.")
+@click.option("--native-login", is_flag=True,
+              help="A first-party app that logs people in without a browser (authorization challenge endpoint).")
 @click.option("--client-id", help="Choose the client_id (default: random).")
 @click.option("--secret", help="Choose the secret (default: random; shown once).")
 def clients_create(name, redirect_uris, post_logout_uris, grant_types, scope, auth_method, jwks_file, id_token_alg,
-                   first_party, may_introspect, client_id, secret):
+                   first_party, may_introspect, native_login, client_id, secret):
     try:
         row, secret = client_registry.create(
             name, redirect_uris=_split(redirect_uris), post_logout_redirect_uris=_split(post_logout_uris),
             grant_types=_split(grant_types) or ["authorization_code", "refresh_token"], scope=scope,
             auth_method=auth_method, jwks=json.load(jwks_file) if jwks_file else None, id_token_alg=id_token_alg,
-            first_party=first_party, may_introspect=may_introspect, client_id=client_id, secret=secret)
+            first_party=first_party, may_introspect=may_introspect, native_login=native_login, client_id=client_id,
+            secret=secret)
     except (client_registry.ClientError, json.JSONDecodeError) as exc:
         raise click.ClickException(str(exc)) from exc
     signals.emit(signals.CLIENT_CREATED, client_id=row.client_id, auth_method=auth_method,

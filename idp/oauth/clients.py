@@ -23,7 +23,8 @@ from ..extensions import db
 from ..models import Client
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
-GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+NETWORK_GRANT = "urn:selfcare:params:oauth:grant-type:network"
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials", NETWORK_GRANT)
 SIGNING_ALGS = ("ES256", "RS256")
 
 
@@ -80,6 +81,11 @@ class RegisteredClient(ClientMixin):
     @property
     def jwks(self) -> dict | None:
         return self.meta.get("jwks")
+
+    @property
+    def native_login(self) -> bool:
+        """A first-party app allowed to log people in without a browser (authorization challenge endpoint)."""
+        return self.first_party and bool(self.meta.get("native_login"))
 
     @property
     def may_introspect(self) -> bool:
@@ -175,7 +181,7 @@ def _check_uri(uri: str, what: str) -> str:
 
 def create(name: str, *, redirect_uris=(), grant_types=("authorization_code", "refresh_token"),
            scope="openid", auth_method="client_secret_basic", post_logout_redirect_uris=(), first_party=False,
-           jwks: dict | None = None, id_token_alg: str | None = None, may_introspect=False,
+           jwks: dict | None = None, id_token_alg: str | None = None, may_introspect=False, native_login=False,
            client_id: str | None = None, secret: str | None = None) -> tuple[Client, str | None]:
     """Register a client; return the row and its secret (shown once; only its hash is kept)."""
     if auth_method not in AUTH_METHODS:
@@ -183,7 +189,11 @@ def create(name: str, *, redirect_uris=(), grant_types=("authorization_code", "r
     for grant in grant_types:
         if grant not in GRANT_TYPES:
             raise ClientError(f"grant type must be one of {', '.join(GRANT_TYPES)}")
-    if "authorization_code" in grant_types and not redirect_uris:
+    if (NETWORK_GRANT in grant_types or native_login) and not first_party:
+        raise ClientError("network autologin and native login are for the operator's first-party apps only")
+    if native_login and "authorization_code" not in grant_types:
+        raise ClientError("native login issues authorization codes: add the authorization_code grant")
+    if "authorization_code" in grant_types and not redirect_uris and not native_login:
         raise ClientError("the authorization_code grant needs at least one redirect URI")
     if auth_method == "none" and "client_credentials" in grant_types:
         raise ClientError("a public client (auth method none) cannot use client_credentials")
@@ -206,7 +216,7 @@ def create(name: str, *, redirect_uris=(), grant_types=("authorization_code", "r
         "redirect_uris": [_check_uri(u, "redirect URI") for u in redirect_uris],
         "post_logout_redirect_uris": [_check_uri(u, "post-logout URI") for u in post_logout_redirect_uris],
         "grant_types": list(grant_types),
-        "response_types": ["code"] if "authorization_code" in grant_types else [],
+        "response_types": ["code"] if "authorization_code" in grant_types and redirect_uris else [],
         "scope": scope,
         "token_endpoint_auth_method": auth_method,
     }
@@ -216,6 +226,8 @@ def create(name: str, *, redirect_uris=(), grant_types=("authorization_code", "r
         meta["id_token_signed_response_alg"] = id_token_alg
     if may_introspect:
         meta["may_introspect"] = True
+    if native_login:
+        meta["native_login"] = True
     row = Client(client_id=client_id, secret_hash=hash_secret(secret) if secret else None, name=name, meta=meta,
                  first_party=first_party)
     db.session.add(row)

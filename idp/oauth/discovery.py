@@ -5,6 +5,7 @@ import json
 
 from authlib.oidc.discovery import OpenIDProviderMetadata
 
+from .clients import NETWORK_GRANT
 from .grants import ALL_AUTH_METHODS
 from .scopes import ACR_LEVELS, SCOPES
 
@@ -19,10 +20,11 @@ def metadata(issuer: str) -> dict:
         "revocation_endpoint": issuer + "/revoke",
         "introspection_endpoint": issuer + "/introspect",
         "end_session_endpoint": issuer + "/logout",
+        "authorization_challenge_endpoint": issuer + "/authorize-challenge",
         "scopes_supported": list(SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", NETWORK_GRANT],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256", "RS256"],
         "token_endpoint_auth_methods_supported": ALL_AUTH_METHODS,

@@ -12,16 +12,19 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, InvalidScopeError, grants, scope_to_list
+from authlib.oauth2.rfc6749 import (InvalidGrantError, InvalidRequestError, InvalidScopeError, UnauthorizedClientError,
+                                    grants, scope_to_list)
+from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core.grants import OpenIDCode, OpenIDToken
 from authlib.oidc.core.util import create_half_hash
 from flask import current_app
 
-from .. import accounts, sessions, signals
+from .. import accounts, gateway, sessions, signals
 from ..store import store
 from . import tokens
-from .scopes import account_claims
+from .clients import NETWORK_GRANT
+from .scopes import ACR_NETWORK, AMR, account_claims
 
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
@@ -228,5 +231,45 @@ class OpenIDCodeExtension(IdTokenMixin, OpenIDCode):
         return store().exists(_nonce_key(request.payload.client_id, nonce))
 
 
-class OpenIDRefreshExtension(IdTokenMixin, OpenIDToken):
-    """A refresh of an ``openid`` grant returns a new ID token with the original ``auth_time`` (OIDC Core §12.2)."""
+class OpenIDTokenExtension(IdTokenMixin, OpenIDToken):
+    """An ID token for grants without an authorization request: a refresh of an ``openid`` grant (with the original
+    ``auth_time``, OIDC Core §12.2) and the network-autologin grant."""
+
+
+class NetworkAutologinGrant(IssuingMixin, grants.BaseGrant, grants.TokenEndpointMixin):
+    """Network autologin for the operator's first-party native apps (SPEC §3 point 3, issue 5 point 5a).
+
+    The app calls the token endpoint over the mobile network, through the enrichment gateway, which signs the
+    line as for the browser; the same rules apply (``gateway.identify``, an active employee's line, limits). The
+    tokens carry the network level (``acr`` network, ``amr`` mno); a refresh token only if the client is
+    registered for the refresh grant.
+    """
+    GRANT_TYPE = NETWORK_GRANT
+    TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
+
+    def validate_token_request(self):
+        client = self.authenticate_token_endpoint_client()
+        if not client.first_party or not client.check_grant_type(self.GRANT_TYPE):
+            raise UnauthorizedClientError("The client may not use network autologin.")
+        self.validate_requested_scope()
+        requested = scope_to_list(self.request.payload.scope) or []
+        allowed = scope_to_list(client.get_allowed_scope(" ".join(requested))) or []
+        if set(requested) - set(allowed):
+            raise InvalidScopeError()
+        account = gateway.eligible_account(gateway.identify())
+        if account is None:
+            raise InvalidGrantError("The request did not come through the operator's network for an eligible line.")
+        self.request.client = client
+        self.request.user = account
+        self.request.scope = " ".join(requested)
+
+    @hooked  # the ID token extension hooks after_create_token_response
+    def create_token_response(self):
+        account, client = self.request.user, self.request.client
+        self.request.login_context = tokens.new_family(int(time.time()), ACR_NETWORK, AMR[ACR_NETWORK], None)
+        token = self.generate_token(user=account, scope=self.request.scope,
+                                    include_refresh_token=client.check_grant_type("refresh_token"))
+        self.save_token(token)
+        signals.emit(signals.LOGIN_SUCCEEDED, account_id=account.id, line=account.username,
+                     client_id=client.client_id, acr=ACR_NETWORK, via="network_grant")
+        return 200, token, self.TOKEN_RESPONSE_HEADER

@@ -7,8 +7,8 @@ from . import tokens
 from .client_auth import PrivateKeyJWT
 from .clients import ClientCache, query_client
 from .endpoints import EndSession, Introspection, Revocation
-from .grants import (AuthorizationCodeGrant, ClientCredentialsGrant, OpenIDCodeExtension, OpenIDRefreshExtension,
-                     RefreshTokenGrant, S256CodeChallenge)
+from .grants import (AuthorizationCodeGrant, ClientCredentialsGrant, NetworkAutologinGrant, OpenIDCodeExtension,
+                     OpenIDTokenExtension, RefreshTokenGrant, S256CodeChallenge)
 from .scopes import SCOPES
 
 
@@ -28,7 +28,8 @@ def init_app(app) -> None:
     server.register_client_auth_method(PrivateKeyJWT.CLIENT_AUTH_METHOD, PrivateKeyJWT())
     server.register_grant(AuthorizationCodeGrant, [OpenIDCodeExtension(require_nonce=False),
                                                    S256CodeChallenge(required=True)])
-    server.register_grant(RefreshTokenGrant, [OpenIDRefreshExtension()])
+    server.register_grant(RefreshTokenGrant, [OpenIDTokenExtension()])
+    server.register_grant(NetworkAutologinGrant, [OpenIDTokenExtension()])
     server.register_grant(ClientCredentialsGrant)
     server.register_endpoint(Revocation)
     server.register_endpoint(Introspection)
