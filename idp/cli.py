@@ -153,7 +153,8 @@ def demo(rp_url, rp_config):
     if rp_config:
         with open(rp_config, "w", encoding="utf-8") as fh:
             json.dump(info["rp"], fh, indent=2)
-    click.echo("Demo account:  line " + info["account"]["line"] + "   password " + info["account"]["password"])
+    click.echo("Demo account:  line " + info["account"]["line"] + "   password " + info["account"]["password"]
+               + "   security answer " + info["account"]["answer"])
     customer = info["customer"]
     click.echo(f"Demo customer: code {customer['code']}, company e-mail domain @{customer['email_domain']}")
     for free in info["free_lines"]:

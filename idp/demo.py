@@ -21,7 +21,8 @@ DEMO_CUSTOMER = {"code": "C0001", "name": "Acme Servizi S.r.l.", "email": "it@ac
 DEMO_LINES = [("+393931234567", "voice", None), ("+393937654321", "voice", None), ("+393401112233", "data", "1234"),
               ("+393331112222", "voice", None)]
 DEMO_SIM_PIN = "1234"
-DEMO_ACCOUNT = {"line": "+393931234567", "password": "Selfcare-Demo-2026", "email": "mario.rossi@acme-servizi.example"}
+DEMO_ACCOUNT = {"line": "+393931234567", "password": "Selfcare-Demo-2026", "email": "mario.rossi@acme-servizi.example",
+                "question": "first_pet", "answer": "Fido"}
 DEMO_CLIENT_ID = "selfcare-demo-portal"
 
 
@@ -48,6 +49,9 @@ def load(rp_url: str) -> dict:
         db.session.flush()
         db.session.add(AccountLine(account_id=account.id, line_id=lines[DEMO_ACCOUNT["line"]].id, slot=1))
     account.password_hash = passwords.hash_secret(DEMO_ACCOUNT["password"])
+    account.security_question = DEMO_ACCOUNT["question"]
+    account.security_answer_hash = passwords.hash_secret(passwords.normalise_answer(DEMO_ACCOUNT["answer"]))
+    account.password_temporary = False
     account.status = "active"
     secret = secrets.token_urlsafe(32)
     redirect_uri = rp_url.rstrip("/") + "/callback"

@@ -52,6 +52,11 @@ def check_send_limits(destination: str, client_address: str) -> None:
     ratelimit.hit("otp-send-address", client_address or "-", int(config["OTP_SENDS_PER_HOUR_ADDRESS"]), 3600)
 
 
+def delivery_failed(destination: str) -> None:
+    """A code that did not leave must not hold the person back: an immediate retry is allowed."""
+    ratelimit.release_cooldown("otp-resend", destination)
+
+
 def issue(flow_key: str, purpose: str, destination: str) -> str:
     """Create (or replace) the code for this flow and purpose; return it for sending."""
     ttl = int(current_app.config["OTP_TTL"])

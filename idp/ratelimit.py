@@ -43,3 +43,8 @@ def cooldown(name: str, value: str, seconds: int) -> None:
     if not store().add(key, 1, seconds):
         ttl = store().redis.ttl(store().key(key))
         raise RateLimited(name, max(int(ttl), 1))
+
+
+def release_cooldown(name: str, value: str) -> None:
+    """End a quiet period early (the event it guarded did not happen, e.g. a message that was not delivered)."""
+    store().destroy(f"cd:{name}:{subject(value)}")

@@ -24,10 +24,15 @@ def signed_headers(number: str, *, ts: int | None = None, nonce: str | None = No
 
 class EnrichmentProxy:
     """A small HTTP proxy on loopback that forwards to the IdP and adds a signed X-MSISDN, like the operator's
-    gateway does on the mobile path. It strips any client-supplied MSISDN headers first."""
+    gateway does on the mobile path. It strips any client-supplied MSISDN headers first.
 
-    def __init__(self, upstream_port: int, number: str):
+    Its port is known as soon as it is built, before it starts: to make the proxy the IdP's public face
+    (``ISSUER = proxy.url``), build it with ``upstream_port=None``, build the IdP with that issuer, then set
+    ``proxy.upstream_port``. Until then it answers 502."""
+
+    def __init__(self, upstream_port: int | None, number: str):
         self.number = number
+        self.upstream_port = upstream_port
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,11 +44,14 @@ class EnrichmentProxy:
             def _forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if proxy.upstream_port is None:
+                    self.send_error(502, "no upstream yet")
+                    return
                 headers = {k: v for k, v in self.headers.items()
                            if "msisdn" not in k.lower() and k.lower() not in ("connection", "keep-alive")}
                 if proxy.number:
                     headers.update(signed_headers(proxy.number))
-                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
                 conn.request(self.command, self.path, body=body, headers=headers)
                 response = conn.getresponse()
                 payload = response.read()

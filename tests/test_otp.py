@@ -146,3 +146,13 @@ def test_concurrent_hits_are_counted_exactly(make_app):
     with ThreadPoolExecutor(25) as pool:
         allowed = list(pool.map(one, range(25)))
     assert allowed.count(True) == 10
+
+
+def test_an_undelivered_code_does_not_hold_back_the_retry(make_app):
+    app = make_app(OTP_RESEND_COOLDOWN=30)
+    with app.test_request_context():
+        otp.check_send_limits("+393931234567", "10.0.0.1")
+        otp.delivery_failed("+393931234567")
+        otp.check_send_limits("+393931234567", "10.0.0.1")  # allowed at once
+        with pytest.raises(ratelimit.RateLimited):
+            otp.check_send_limits("+393931234567", "10.0.0.1")

@@ -161,6 +161,7 @@ def _send_code(flow: RecoveryFlow, account, resend: bool = False):
     except senders.DeliveryFailed:
         signals.emit(signals.CODE_SEND_FAILED, "failed", account_id=account.id, line=account.username,
                      channel=channel, purpose=PURPOSE)
+        otp.delivery_failed(destination)
         if not resend:
             flow.advance("code", channel=channel, account_id=account.id)
         return _page(flow, "code", form=CodeForm(formdata=None), channel=channel,

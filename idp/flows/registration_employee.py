@@ -128,6 +128,7 @@ def send_code(flow: EmployeeRegistrationFlow, address: str) -> None:
         current_app.logger.warning("registration code not delivered (%s): %s", way, exc)
         signals.emit(signals.CODE_SEND_FAILED, "failed", line=flow.data["line"], purpose=PURPOSE,
                      channel=OTP_CHANNEL[way])
+        otp.delivery_failed(destination)
         raise
     signals.emit(signals.CODE_SENT, line=flow.data["line"], purpose=PURPOSE, channel=OTP_CHANNEL[way])
 

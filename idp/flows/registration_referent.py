@@ -145,6 +145,7 @@ def send_pin(flow: Flow) -> None:
         current_app.logger.warning("referent registration PIN not delivered (%s): %s", data["channel"], exc)
         signals.emit(signals.CODE_SEND_FAILED, "failed", line=data["line"], purpose=PURPOSE,
                      channel=data["channel"])
+        otp.delivery_failed(destination(data))
         raise
     signals.emit(signals.CODE_SENT, line=data["line"], purpose=PURPOSE, channel=data["channel"])
 

@@ -88,7 +88,8 @@ def _send_code(flow: SimAssociationFlow, account, number: str) -> None:
                          minutes=max(1, int(current_app.config["OTP_TTL"]) // 60),
                          purpose=_("associare una SIM al tuo account"))
     except senders.DeliveryFailed:
-        signals.emit(signals.CODE_SEND_FAILED, "failure", account_id=account.id, line=number, flow=flow.kind)
+        signals.emit(signals.CODE_SEND_FAILED, "failed", account_id=account.id, line=number, flow=flow.kind)
+        otp.delivery_failed(number)
         raise
     signals.emit(signals.CODE_SENT, account_id=account.id, line=number, flow=flow.kind, channel="sms")
 
