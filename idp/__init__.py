@@ -61,12 +61,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .oauth import server as oauth_server
     oauth_server.init_app(app)
 
-    from .flows import FLOW_BLUEPRINTS
+    from .flows import blueprints as flow_blueprints
     from .oauth import native as oauth_native
     from .oauth import views as oauth_views
     app.register_blueprint(oauth_views.bp)
     app.register_blueprint(oauth_native.bp)
-    for blueprint in FLOW_BLUEPRINTS():
+    for blueprint in flow_blueprints():
         app.register_blueprint(blueprint)
     app.jinja_env.globals["has_endpoint"] = lambda name: name in app.view_functions
 
