@@ -164,6 +164,30 @@ def demo(rp_url, rp_config):
     click.echo("Demo RP client: " + info["rp"]["client_id"])
 
 
+# lockout --------------------------------------------------------------------------------------------------------
+@idp.group("lockout", help="Temporary locks after too many wrong passwords or answers.")
+def lockout_group():
+    pass
+
+
+@lockout_group.command("status")
+@click.argument("line")
+def lockout_status(line):
+    from . import lockout, msisdn
+    number = msisdn.try_normalise(line) or line
+    click.echo(f"{msisdn.mask(number)}: {lockout.attempts(number)} attempts counted in the current window")
+
+
+@lockout_group.command("clear")
+@click.argument("line")
+def lockout_clear(line):
+    """Unlock a line before its lock expires (after checking who is asking)."""
+    from . import lockout, msisdn
+    number = msisdn.try_normalise(line) or line
+    lockout.clear(number)
+    click.echo(f"{msisdn.mask(number)}: unlocked")
+
+
 # audit ----------------------------------------------------------------------------------------------------------
 @idp.group("audit", help="Read the audit log.")
 def audit_group():

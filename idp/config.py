@@ -56,6 +56,8 @@ DEFAULTS: dict[str, object] = {
     "OTP_RESEND_COOLDOWN": 30,  # seconds between two codes to the same destination
     "OTP_SENDS_PER_HOUR_DESTINATION": 5,  # codes per hour to one line or address
     "OTP_SENDS_PER_HOUR_ADDRESS": 20,  # codes per hour requested from one client address
+    "OTP_TRIES_PER_HOUR_DESTINATION": 15,  # code tries per hour for one line or address, across flows
+    "OTP_TRIES_PER_HOUR_ADDRESS": 60,  # code tries per hour from one client address, across flows
     "SIM_PIN_MAX_ATTEMPTS": 3,  # wrong data-SIM PINs within one flow
     "SIM_PIN_ATTEMPTS_PER_LINE_PER_DAY": 10,  # wrong data-SIM PINs per line, across flows
     # network autologin (the operator's header-enrichment gateway); off unless CIDRs and keys are set

@@ -15,7 +15,7 @@ import json
 import time
 
 import pyotp
-from flask import current_app
+from flask import current_app, has_request_context, request
 
 from . import ratelimit
 from .store import store
@@ -79,8 +79,20 @@ return {tries, record}
 
 
 def verify(flow_key: str, purpose: str, destination: str, code: str) -> None:
-    """Accept the code once, or raise OtpError / OtpExhausted."""
+    """Accept the code once, or raise OtpError / OtpExhausted.
+
+    Besides the code's own tries, every try counts against the destination and the client address per hour, so
+    fresh flows cannot multiply the guesses.
+    """
     key = _key(flow_key, purpose)
+    config = current_app.config
+    try:
+        ratelimit.hit("otp-try-destination", destination, int(config["OTP_TRIES_PER_HOUR_DESTINATION"]), 3600)
+        address = request.remote_addr if has_request_context() else None
+        ratelimit.hit("otp-try-address", address or "-", int(config["OTP_TRIES_PER_HOUR_ADDRESS"]), 3600)
+    except ratelimit.RateLimited as exc:
+        store().destroy(key, key + ":tries")
+        raise OtpExhausted("too many tries for this destination or address") from exc
     tries, raw = store().redis.eval(_TAKE_TRY, 2, store().key(key), store().key(key + ":tries"),
                                     int(current_app.config["OTP_TTL"]))
     if not raw:

@@ -86,3 +86,17 @@ def test_operator_clear(make_app):
             lockout.take(LINE, "10.0.0.1")
         assert lockout.clear(LINE)
         lockout.take(LINE, "10.0.0.1")
+
+
+def test_cli_status_and_clear(make_app):
+    app = make_app(LOCKOUT_THRESHOLD=2)
+    with app.test_request_context():
+        for _ in range(2):
+            lockout.failed(lockout.take(LINE, "10.0.0.1"))
+    runner = app.test_cli_runner()
+    assert "2 attempts" in runner.invoke(args=["idp", "lockout", "status", "393 123 4567"]).output
+    assert "unlocked" in runner.invoke(args=["idp", "lockout", "clear", "393 123 4567"]).output
+    with app.test_request_context():
+        lockout.take(LINE, "10.0.0.1")
+    with app.app_context():
+        assert db.session.query(AuditEvent).filter_by(type="account.unlocked").count() == 1

@@ -156,3 +156,15 @@ def test_an_undelivered_code_does_not_hold_back_the_retry(make_app):
         otp.check_send_limits("+393931234567", "10.0.0.1")  # allowed at once
         with pytest.raises(ratelimit.RateLimited):
             otp.check_send_limits("+393931234567", "10.0.0.1")
+
+
+def test_tries_across_flows_are_capped_per_destination(make_app):
+    app = make_app(OTP_TRIES_PER_HOUR_DESTINATION=3)
+    with app.test_request_context():
+        for flow in ("a", "b", "c"):
+            code = otp.issue(flow, "p", "+393931234567")
+            with pytest.raises(otp.OtpError):
+                otp.verify(flow, "p", "+393931234567", "000000" if code != "000000" else "111111")
+        code = otp.issue("d", "p", "+393931234567")
+        with pytest.raises(otp.OtpExhausted):
+            otp.verify("d", "p", "+393931234567", code)  # even the right code, past the hourly cap
