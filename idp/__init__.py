@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import redis
+import sqlalchemy.exc
 from flask import Flask, current_app, g, has_request_context, render_template, request
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
@@ -39,7 +41,12 @@ def _datetime_local(epoch: int) -> str:
 
 def _signed_in():
     """For the header's user icon: whether this browser has an SSO session (HTML pages only)."""
-    return {"signed_in": lambda: sessions.current() is not None}
+    def signed_in() -> bool:
+        try:
+            return sessions.current() is not None
+        except Exception:  # an error page must render even when Redis is down
+            return False
+    return {"signed_in": signed_in}
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -82,6 +89,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     return app
 
 
+def _rollback_quietly() -> None:
+    try:
+        db.session.rollback()
+    except Exception:  # the connection itself may be gone
+        pass
+
+
 _JSON_ENDPOINTS = ("/token", "/revoke", "/introspect", "/userinfo", "/authorize-challenge")
 
 
@@ -119,10 +133,27 @@ def _register_handlers(app: Flask) -> None:
         return render_template("error.html", title=_("Errore"),
                                message=messages.get(error.code, _("La richiesta non è valida."))), error.code
 
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.InterfaceError)
+    @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    def _unavailable(error):
+        """A dependency (Redis, PostgreSQL) is down or saturated: say so, and let clients retry."""
+        app.logger.error("dependency unavailable on %s: %s", request.path, error.__class__.__name__)
+        _rollback_quietly()
+        headers = {"Retry-After": "5", "Cache-Control": "no-store"}
+        if request.path in _JSON_ENDPOINTS:
+            return {"error": "temporarily_unavailable",
+                    "error_description": "The service is temporarily unavailable; retry shortly."}, 503, headers
+        return render_template("error.html", title=_("Servizio temporaneamente non disponibile"),
+                               message=_("Il servizio è momentaneamente non disponibile. Riprova tra qualche "
+                                         "istante: i dati inseriti finora non vanno persi.")), 503, headers
+
     @app.errorhandler(Exception)
     def _unexpected(error):
         app.logger.exception("unhandled error on %s", request.path)
-        db.session.rollback()
+        _rollback_quietly()
         if request.path in _JSON_ENDPOINTS:
             return {"error": "server_error"}, 500
         return render_template("error.html", title=_("Servizio non disponibile"),
