@@ -73,6 +73,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .oauth import views as oauth_views
     app.register_blueprint(oauth_views.bp)
     app.register_blueprint(oauth_native.bp)
+    from . import health
+    app.register_blueprint(health.bp)
     for blueprint in flow_blueprints():
         app.register_blueprint(blueprint)
     app.jinja_env.globals["has_endpoint"] = lambda name: name in app.view_functions
