@@ -73,8 +73,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .oauth import views as oauth_views
     app.register_blueprint(oauth_views.bp)
     app.register_blueprint(oauth_native.bp)
-    from . import health
+    from . import health, observability
     app.register_blueprint(health.bp)
+    observability.init_app(app)
     for blueprint in flow_blueprints():
         app.register_blueprint(blueprint)
     app.jinja_env.globals["has_endpoint"] = lambda name: name in app.view_functions

@@ -100,6 +100,11 @@ DEFAULTS: dict[str, object] = {
     "SMS_GATEWAY_SENDER_ID": "Selfcare",
     "SMS_GATEWAY_TIMEOUT": 5,  # seconds per attempt
     "SMS_GATEWAY_RETRIES": 2,  # further attempts after a network error or a 5xx/429
+    # operations
+    "METRICS_TOKEN": "",  # bearer token a Prometheus scraper sends to /metrics; empty: /metrics is off (404)
+    "LOG_FORMAT": None,  # json | text; None: json in production, text elsewhere
+    "LOG_LEVEL": "INFO",
+    "LOG_REQUESTS": None,  # one log line per request; None: on in production only
     # pages
     "LANGUAGES": ["it", "en"],  # languages offered; the pages' catalogues are in idp/translations
     "BABEL_DEFAULT_LOCALE": "it",  # language when nothing else decides
@@ -144,6 +149,11 @@ def _derive(app) -> None:
     if config["COOKIE_SECURE"] is None:
         config["COOKIE_SECURE"] = config["DEPLOYMENT"] not in ("development", "test")
     config["ISSUER"] = str(config["ISSUER"]).rstrip("/")
+    production = config["DEPLOYMENT"] == "production"
+    if config["LOG_FORMAT"] is None:
+        config["LOG_FORMAT"] = "json" if production else "text"
+    if config["LOG_REQUESTS"] is None:
+        config["LOG_REQUESTS"] = production
     config["SESSION_COOKIE_SECURE"] = config["COOKIE_SECURE"]
     config["SESSION_COOKIE_HTTPONLY"] = True
     config["SESSION_COOKIE_SAMESITE"] = "Lax"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from . import ratelimit, signals
+from . import observability, ratelimit, signals
 from .store import store
 
 # KEYS: counter, lock, next-allowed. ARGV: threshold, window, lock duration, now (ms).
@@ -78,6 +78,7 @@ def take(line: str, address: str) -> Ticket:
         status, value = store().redis.eval(_TAKE, 3, *_keys(subject), threshold, int(config["LOCKOUT_WINDOW"]),
                                            int(config["LOCKOUT_DURATION"]), now_ms)
         if status <= 0:
+            observability.count_refusal("lockout-" + subject.split(":", 1)[0])
             raise Locked(max(1, (int(value) + 999) // 1000), locked=status == 0)
         if status == 2:
             signals.emit(signals.ACCOUNT_LOCKED, "refused", line=line if subject.startswith("line:") else None,

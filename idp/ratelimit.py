@@ -11,6 +11,7 @@ import hmac
 
 from flask import current_app
 
+from . import observability
 from .store import store
 
 
@@ -31,6 +32,7 @@ def hit(name: str, value: str, limit: int, window: int) -> int:
     count = store().incr(key, window)
     if limit and count > limit:
         ttl = store().redis.ttl(store().key(key))
+        observability.count_refusal(name)
         raise RateLimited(name, max(int(ttl), 1))
     return count
 
@@ -42,6 +44,7 @@ def cooldown(name: str, value: str, seconds: int) -> None:
     key = f"cd:{name}:{subject(value)}"
     if not store().add(key, 1, seconds):
         ttl = store().redis.ttl(store().key(key))
+        observability.count_refusal(name)
         raise RateLimited(name, max(int(ttl), 1))
 
 

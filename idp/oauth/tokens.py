@@ -19,7 +19,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from sqlalchemy import and_, func, or_, select, update
 
-from .. import signals
+from .. import observability, signals
 from ..extensions import db
 from ..keystore import keyring
 from ..models import Token
@@ -96,6 +96,7 @@ def issue(client, grant_type: str, scope: str, account=None, login: LoginContext
 def save(row: Token) -> None:
     db.session.add(row)
     db.session.commit()
+    observability.count_token(row.grant_type)
 
 
 # authorization codes ---------------------------------------------------------------------------------------------
