@@ -98,16 +98,116 @@ def clients_disable(client_id):
     click.echo(f"disabled {client_id}; its tokens are revoked; running workers stop accepting it within {ttl} s")
 
 
+@clients_group.command("exchange-policy")
+@click.argument("client_id")
+@click.option("--subject-token-type", "subject_token_types", multiple=True,
+              help="access_token, id_token or jwt (or the RFC 8693 URN) it may present as subject (repeatable).")
+@click.option("--issuer", "issuers", multiple=True,
+              help="self (this IdP) or an issuer of IDP_EXCHANGE_TRUSTED_ISSUERS (repeatable).")
+@click.option("--audience", "audiences", multiple=True,
+              help="An audience or resource URI it may obtain tokens for (repeatable).")
+@click.option("--scope", "scopes", multiple=True, help="Scopes it may obtain, at most (repeatable or spaced).")
+@click.option("--actor-token-type", "actor_token_types", multiple=True,
+              help="Actor token types it may present for delegation (repeatable; default: none).")
+@click.option("--subject-client", "subject_clients", multiple=True,
+              help="Another client whose access and ID tokens it may exchange (repeatable).")
+@click.option("--refresh", is_flag=True, help="Issue refresh tokens with exchanged tokens (not when delegated).")
+@click.option("--clear", is_flag=True, help="Remove the policy: the client may no longer exchange tokens.")
+def clients_exchange_policy(client_id, subject_token_types, issuers, audiences, scopes, actor_token_types,
+                            subject_clients, refresh, clear):
+    """Set (replace) or clear CLIENT_ID's token-exchange policy (RFC 8693); without one it may not exchange."""
+    from .oauth import exchange
+    try:
+        if clear:
+            exchange.clear_policy(client_id)
+            policy = None
+        else:
+            policy = exchange.set_policy(
+                client_id, subject_token_types=_split(subject_token_types), issuers=_split(issuers),
+                audiences=_split(audiences), scopes=_split(scopes), actor_token_types=_split(actor_token_types),
+                subject_clients=_split(subject_clients), refresh=refresh)
+    except exchange.PolicyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    signals.emit(signals.EXCHANGE_POLICY_CHANGED, client_id=client_id, cleared=clear,
+                 audiences=" ".join(policy["audiences"]) if policy else None)
+    click.echo(json.dumps({"client_id": client_id, exchange.POLICY_KEY: policy}, indent=2))
+    ttl = current_app.config["CLIENT_CACHE_TTL"]
+    click.echo(f"running workers apply it within {ttl} s")
+
+
 # keys -----------------------------------------------------------------------------------------------------------
-@idp.group("keys", help="Signing keys (next → active → retired).")
+@idp.group("keys", help="Signing keys: generate (next) → activate → retire → prune; rotate; revoke.")
 def keys_group():
     pass
 
 
+def _keys() -> keystore.Keys:
+    return keystore.Keys.from_config(current_app.config)
+
+
+def _when(epoch) -> str:
+    from datetime import datetime, timezone
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key_change(action: str, operation, *args, kid: str | None = None, **kwargs) -> list[keystore.Change]:
+    """Run one change of the key folder; each change, and each refusal, is an audit event."""
+    try:
+        changes = operation(*args, **kwargs)
+    except keystore.Refused as exc:
+        signals.emit(signals.KEY_CHANGED, "refused", kid=kid, action=action, reason=str(exc))
+        raise click.ClickException(str(exc)) from exc
+    except keystore.KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for change in changes:
+        key = change.key
+        signals.emit(signals.KEY_CHANGED, kid=key.kid, alg=key.alg, state=change.state, action=change.action)
+        click.echo(f"{change.action}\t{key.kid}\t{key.alg}\t{change.state}" + (f"\t{change.note}" if change.note
+                                                                              else ""))
+    return changes
+
+
+def _bounds(changes: list[keystore.Change]) -> None:
+    """What the operator may expect, and when (README "Signing keys")."""
+    keys, config = _keys(), current_app.config
+    reload_s, max_age = config["KEYS_RELOAD_INTERVAL"], config["JWKS_MAX_AGE"]
+    for change in changes:
+        key = change.key
+        if change.state == "next":
+            click.echo(f"  {key.kid} is in every worker's JWKS within {reload_s} s; activate it from "
+                       f"{_when(keys.ready_at(key))} (`keys activate {key.kid}` or `keys rotate`)")
+        elif change.state == "active":
+            click.echo(f"  every worker signs {key.alg} with {key.kid} within {reload_s} s")
+        elif change.state == "retired":
+            click.echo(f"  {key.kid} stays in the JWKS to verify its tokens; `keys prune` removes it from "
+                       f"{_when(keys.prunable_at(key))}")
+        elif change.state == "revoked":
+            click.echo(f"  {key.kid} leaves every worker's JWKS within {reload_s} s and its tokens are refused "
+                       f"(userinfo, introspection, logout hints); relying parties drop it within a further "
+                       f"{max_age} s")
+
+
+# a thumbprint may begin with "-": take it as the KID, not as an unknown option
+_KID_ARGUMENT = {"ignore_unknown_options": True}
+
+
 @keys_group.command("list")
 def keys_list():
-    for key in keystore.read_all(current_app.config["KEYS_DIR"]):
-        click.echo(f"{key.kid}\t{key.alg}\t{key.state}\tcreated {key.created_at}")
+    """Every key: kid, algorithm, state, created, activated, retired or revoked, and what comes next."""
+    keys = _keys()
+    for key in sorted(keys.all(), key=lambda k: (k.alg, keystore.STATES.index(k.state), k.created_at)):
+        if key.state == "next":
+            hint = f"may activate from {_when(keys.ready_at(key))}"
+        elif key.state == "retired":
+            hint = f"prunable from {_when(keys.prunable_at(key))}"
+        else:
+            hint = ""
+        ended = key.revoked_at if key.state == "revoked" else key.retired_at
+        click.echo(f"{key.kid}\t{key.alg}\t{key.state}\tcreated {_when(key.created_at)}\tactivated "
+                   f"{_when(key.activated_at)}\t{'revoked' if key.state == 'revoked' else 'retired'} "
+                   f"{_when(ended)}" + (f"\t{hint}" if hint else ""))
 
 
 @keys_group.command("generate")
@@ -115,31 +215,90 @@ def keys_list():
 @click.option("--activate", "activate_now", is_flag=True,
               help="Make it the active key at once (first set-up only: no key of this algorithm may be active).")
 def keys_generate(alg, activate_now):
-    folder = current_app.config["KEYS_DIR"]
-    if activate_now and any(k.alg == alg and k.state == "active" for k in keystore.read_all(folder)):
-        raise click.ClickException(f"an {alg} key is already active: generate a next key and rotate instead")
-    key = keystore.generate(alg, state="active" if activate_now else "next")
-    if activate_now:
-        import time
-        key.activated_at = int(time.time())
-    keystore.write(folder, key)
-    signals.emit(signals.KEY_CHANGED, kid=key.kid, alg=key.alg, state=key.state, action="generate")
-    click.echo(f"{key.kid}\t{key.alg}\t{key.state}")
+    """Create a key. It is published in the JWKS at once but signs only once activated."""
+    _bounds(_key_change("generate", _keys().generate, alg, activate=activate_now))
+
+
+@keys_group.command("activate", context_settings=_KID_ARGUMENT)
+@click.argument("kid")
+@click.option("--force", is_flag=True, help="Activate a key published too recently (relying parties that cached "
+                                            "the JWKS refuse its tokens until they refetch it).")
+def keys_activate(kid, force):
+    """Make KID the key that signs for its algorithm; the previous active key is retired.
+
+    Refused for a key published less than KEYS_RELOAD_INTERVAL + JWKS_MAX_AGE + KEYS_ACTIVATION_MARGIN seconds
+    ago, unless --force.
+    """
+    changes = _key_change("activate", _keys().activate, kid, force=force, kid=kid)
+    if not changes:
+        click.echo(f"{kid} is already active")
+    _bounds(changes)
+
+
+@keys_group.command("retire", context_settings=_KID_ARGUMENT)
+@click.argument("kid")
+def keys_retire(kid):
+    """Stop offering KID for signing but keep it in the JWKS (a next key that should never sign).
+
+    The active key is retired by activating its successor.
+    """
+    changes = _key_change("retire", _keys().retire, kid, kid=kid)
+    if not changes:
+        click.echo(f"{kid} is already retired")
+    _bounds(changes)
+
+
+@keys_group.command("prune")
+def keys_prune():
+    """Remove retired keys whose every token has expired: from retired_at + KEYS_RELOAD_INTERVAL + the longest
+    token lifetime (max of ACCESS_TOKEN_TTL, ID_TOKEN_TTL) + KEYS_CLOCK_SKEW. Never next, active or revoked keys.
+    """
+    if not _key_change("prune", _keys().prune):
+        click.echo("nothing to prune")
+
+
+@keys_group.command("rotate")
+@click.option("--alg", type=click.Choice(keystore.ALGORITHMS),
+              help="Only this algorithm (default: every algorithm with an active key).")
+@click.option("--period", type=click.IntRange(min=0),
+              help="Seconds the active key signs before its successor takes over (default KEYS_ROTATION_PERIOD).")
+def keys_rotate(alg, period):
+    """The safe sequence, idempotent: run it from cron (e.g. daily).
+
+    Per algorithm: without a next key, generate one; with a next key published long enough (see `activate`)
+    and an active key that has signed for the rotation period, activate it (retiring the old one). Then prune.
+    """
+    changes = _key_change("rotate", _keys().rotate, [alg] if alg else None, period=period)
+    if not changes:
+        click.echo("nothing to do")
+    _bounds(changes)
+
+
+@keys_group.command("revoke", context_settings=_KID_ARGUMENT)
+@click.argument("kid")
+@click.option("--replace", is_flag=True, help="KID is the active key: activate the newest next key of its "
+                                              "algorithm (or a new key) first, in the same step.")
+def keys_revoke(kid, replace):
+    """Emergency: remove KID from the JWKS at once, destroy its private key, refuse its tokens.
+
+    Refused for the only active key of an algorithm unless --replace.
+    """
+    changes = _key_change("revoke", _keys().revoke, kid, replace=replace, kid=kid)
+    if not changes:
+        click.echo(f"{kid} is already revoked")
+    _bounds(changes)
 
 
 @keys_group.command("ensure")
 def keys_ensure():
     """Give every algorithm an active key if it has none (idempotent; used by set-up)."""
-    import time
-    folder = current_app.config["KEYS_DIR"]
-    present = {k.alg for k in keystore.read_all(folder) if k.state == "active"}
-    for alg in keystore.ALGORITHMS:
-        if alg not in present:
-            key = keystore.generate(alg, state="active")
-            key.activated_at = int(time.time())
-            keystore.write(folder, key)
-            signals.emit(signals.KEY_CHANGED, kid=key.kid, alg=alg, state="active", action="ensure")
-            click.echo(f"generated active {alg} key {key.kid}")
+    try:
+        changes = _keys().ensure()
+    except keystore.KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for change in changes:
+        signals.emit(signals.KEY_CHANGED, kid=change.key.kid, alg=change.key.alg, state="active", action="ensure")
+        click.echo(f"generated active {change.key.alg} key {change.key.kid}")
 
 
 # demo -----------------------------------------------------------------------------------------------------------

@@ -24,11 +24,16 @@ DEFAULTS: dict[str, object] = {
     "REDIS_PREFIX": "idp:",  # every short-lived key starts with this
     "PROXY_FIX_HOPS": 0,  # exact number of trusted reverse proxies in front of the app (X-Forwarded-*)
     "MAX_CONTENT_LENGTH": 65536,  # bytes; larger request bodies are refused with 413
+    "MAX_HEADER_BYTES": 16384,  # bytes, all request headers together; larger ones are refused with 431
     # signing keys
     "KEYS_DIR": "",  # empty: the repository's keys/ folder
     "KEYS_RELOAD_INTERVAL": 5,  # seconds between checks of the key folder by each worker
     "JWKS_MAX_AGE": 300,  # Cache-Control max-age of the JWKS, seconds
     "DEFAULT_SIGNING_ALG": "ES256",  # ES256 or RS256 for clients that do not ask
+    # signing-key lifecycle (`flask --app wsgi idp keys …`; README "Signing keys")
+    "KEYS_ACTIVATION_MARGIN": 60,  # seconds a next key waits past KEYS_RELOAD_INTERVAL + JWKS_MAX_AGE to sign
+    "KEYS_CLOCK_SKEW": 60,  # seconds of verifiers' clock skew allowed for when pruning a retired key
+    "KEYS_ROTATION_PERIOD": 7776000,  # seconds a key signs before `keys rotate` activates its successor (90 d)
     # lifetimes, seconds
     "CODE_TTL": 60,  # authorization code
     "ACCESS_TOKEN_TTL": 600,  # JWT access token
@@ -49,6 +54,9 @@ DEFAULTS: dict[str, object] = {
     "COOKIE_SECURE": None,  # None: Secure everywhere but development and test
     # clients
     "CLIENT_CACHE_TTL": 30,  # seconds a worker keeps a client's registration in memory
+    # token exchange (RFC 8693; README "Token exchange"); each client's policy: `idp clients exchange-policy`
+    "EXCHANGE_TOKEN_TTL": 300,  # seconds an exchanged token lives (≤ 900; ≤ ACCESS_TOKEN_TTL and its subject)
+    "EXCHANGE_TRUSTED_ISSUERS": [],  # external issuers whose JWTs may be exchanged (JSON list; README)
     # one-time codes (SMS and e-mail)
     "OTP_DIGITS": 6,
     "OTP_TTL": 300,  # seconds a code stays valid
@@ -186,6 +194,7 @@ def validate(config) -> None:
             raise ConfigError("AUTOLOGIN_TRUSTED_CIDRS must name the gateway's addresses, not the whole Internet")
     if not isinstance(config["AUTOLOGIN_GATEWAY_KEYS"], dict):
         raise ConfigError("AUTOLOGIN_GATEWAY_KEYS is a JSON object: key id → secret")
+    _validate_exchange(config)
     if config["DEPLOYMENT"] != "production":
         return
     problems = []
@@ -209,3 +218,65 @@ def validate(config) -> None:
         problems.append("SMTP_SECURITY=none sends codes in clear: use starttls or tls")
     if problems:
         raise ConfigError("refused in production: " + "; ".join(problems))
+
+
+# token exchange (RFC 8693) ----------------------------------------------------------------------------------
+_EXCHANGE_ISSUER_KEYS = {"issuer", "jwks_uri", "jwks", "audience", "subject_claim", "algorithms", "scopes",
+                         "acr_map", "max_lifetime", "jwks_max_age", "jwks_refetch_interval"}
+_EXCHANGE_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                        "EdDSA")
+
+
+def _validate_exchange(config) -> None:
+    """EXCHANGE_TOKEN_TTL is short; each EXCHANGE_TRUSTED_ISSUERS entry names its keys, audience, subject."""
+    ttl = config["EXCHANGE_TOKEN_TTL"]
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= 900:
+        raise ConfigError("EXCHANGE_TOKEN_TTL is a number of seconds from 1 to 900")
+    entries = config["EXCHANGE_TRUSTED_ISSUERS"]
+    if not isinstance(entries, list):
+        raise ConfigError("EXCHANGE_TRUSTED_ISSUERS is a JSON list of issuer objects")
+    seen = set()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ConfigError("EXCHANGE_TRUSTED_ISSUERS: every entry is an object")
+        issuer = entry.get("issuer")
+        where = f"EXCHANGE_TRUSTED_ISSUERS[{issuer!r}]"
+        if not isinstance(issuer, str) or not issuer or issuer in seen:
+            raise ConfigError("EXCHANGE_TRUSTED_ISSUERS: every entry has its own non-empty issuer")
+        if issuer.rstrip("/") == config["ISSUER"]:
+            raise ConfigError(f"{where}: this IdP's own tokens need no entry (policies name it 'self')")
+        seen.add(issuer)
+        unknown = set(entry) - _EXCHANGE_ISSUER_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        if ("jwks_uri" in entry) == ("jwks" in entry):
+            raise ConfigError(f"{where}: give exactly one of jwks_uri and jwks")
+        if "jwks_uri" in entry:
+            parts = urlsplit(str(entry["jwks_uri"]))
+            loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+            if not (parts.scheme == "https" or loopback) or not parts.hostname:
+                raise ConfigError(f"{where}: jwks_uri must be https (plain http on loopback only)")
+            if loopback and config["DEPLOYMENT"] == "production":
+                raise ConfigError(f"{where}: jwks_uri must be https in production")
+        elif not isinstance(entry["jwks"], dict) or not isinstance(entry["jwks"].get("keys"), list):
+            raise ConfigError(f"{where}: jwks is a JWKS object with a keys list")
+        audience = entry.get("audience")
+        if not (isinstance(audience, str) and audience) and not (
+                isinstance(audience, list) and audience and all(isinstance(a, str) and a for a in audience)):
+            raise ConfigError(f"{where}: audience is the aud its tokens carry for us (a string or a list)")
+        if entry.get("subject_claim") not in ("sub", "phone_number"):
+            raise ConfigError(f"{where}: subject_claim is sub or phone_number")
+        algorithms = entry.get("algorithms", ["RS256", "ES256"])
+        if not isinstance(algorithms, list) or not algorithms or \
+                any(a not in _EXCHANGE_ALGORITHMS for a in algorithms):
+            raise ConfigError(f"{where}: algorithms are among {', '.join(_EXCHANGE_ALGORITHMS)}")
+        scopes = entry.get("scopes", [])
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise ConfigError(f"{where}: scopes is a list of this IdP's scopes")
+        acr_map = entry.get("acr_map", {})
+        if not isinstance(acr_map, dict) or not all(isinstance(v, str) for v in acr_map.values()):
+            raise ConfigError(f"{where}: acr_map maps the issuer's acr values to ours")
+        for key in ("max_lifetime", "jwks_max_age", "jwks_refetch_interval"):
+            value = entry.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{where}: {key} is a number of seconds")

@@ -36,6 +36,10 @@ CLIENT_CREATED = "client.created"
 CLIENT_DISABLED = "client.disabled"
 KEY_CHANGED = "key.changed"
 TOKEN_REUSE_DETECTED = "token.reuse_detected"
+# token exchange (RFC 8693; issue 6)
+TOKEN_EXCHANGED = "token.exchanged"
+TOKEN_EXCHANGE_REFUSED = "token.exchange_refused"
+EXCHANGE_POLICY_CHANGED = "client.exchange_policy_changed"
 
 
 def emit(event: str, outcome: str = "success", *, account_id: int | None = None, line: str | None = None,

@@ -6,6 +6,7 @@ import json
 from authlib.oidc.discovery import OpenIDProviderMetadata
 
 from .clients import NETWORK_GRANT
+from .exchange import GRANT as EXCHANGE_GRANT
 from .grants import ALL_AUTH_METHODS
 from .scopes import ACR_LEVELS, SCOPES
 
@@ -24,7 +25,8 @@ def metadata(issuer: str) -> dict:
         "scopes_supported": list(SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", NETWORK_GRANT],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", NETWORK_GRANT,
+                                  EXCHANGE_GRANT],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256", "RS256"],
         "token_endpoint_auth_methods_supported": ALL_AUTH_METHODS,

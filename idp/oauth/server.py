@@ -7,8 +7,10 @@ from . import tokens
 from .client_auth import PrivateKeyJWT
 from .clients import ClientCache, query_client
 from .endpoints import EndSession, Introspection, Revocation
+from .exchange import RefreshTokenGrant as ExchangeAwareRefreshTokenGrant
+from .exchange import TokenExchangeGrant
 from .grants import (AuthorizationCodeGrant, ClientCredentialsGrant, NetworkAutologinGrant, OpenIDCodeExtension,
-                     OpenIDTokenExtension, RefreshTokenGrant, S256CodeChallenge)
+                     OpenIDTokenExtension, S256CodeChallenge)
 from .scopes import SCOPES
 
 
@@ -28,9 +30,10 @@ def init_app(app) -> None:
     server.register_client_auth_method(PrivateKeyJWT.CLIENT_AUTH_METHOD, PrivateKeyJWT())
     server.register_grant(AuthorizationCodeGrant, [OpenIDCodeExtension(require_nonce=False),
                                                    S256CodeChallenge(required=True)])
-    server.register_grant(RefreshTokenGrant, [OpenIDTokenExtension()])
+    server.register_grant(ExchangeAwareRefreshTokenGrant, [OpenIDTokenExtension()])  # keeps exchanged audiences
     server.register_grant(NetworkAutologinGrant, [OpenIDTokenExtension()])
     server.register_grant(ClientCredentialsGrant)
+    server.register_grant(TokenExchangeGrant)  # RFC 8693 (issue 6)
     server.register_endpoint(Revocation)
     server.register_endpoint(Introspection)
     server.register_endpoint(EndSession)
