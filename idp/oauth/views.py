@@ -37,13 +37,12 @@ def openid_configuration():
 
 @bp.get("/jwks.json")
 def jwks():
-    ring = keyring()
-    ring.refresh()
+    body, etag = keyring().jwks()  # next, active and retired public keys; body and ETag of one generation
     headers = {"Cache-Control": f"public, max-age={int(current_app.config['JWKS_MAX_AGE'])}",
-               "ETag": f'"{ring.jwks_etag}"', "Access-Control-Allow-Origin": "*"}
-    if request.if_none_match.contains(ring.jwks_etag):
+               "ETag": f'"{etag}"', "Access-Control-Allow-Origin": "*"}
+    if request.if_none_match.contains(etag):
         return Response(status=304, headers=headers)
-    return Response(ring.jwks_body, mimetype="application/jwk-set+json", headers=headers)
+    return Response(body, mimetype="application/jwk-set+json", headers=headers)
 
 
 def _with_iss(response):
@@ -72,6 +71,8 @@ def _malformed(args) -> str | None:
         for value in args.getlist(name):
             if len(value) > 2048 or any(not " " <= ch <= "~" for ch in value):
                 return name
+            if name in ("response_type", "redirect_uri") and ('"' in value or "\\" in value):
+                return name  # no URI nor response type holds them; Authlib's error_description refuses them
     return None
 
 
