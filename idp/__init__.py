@@ -11,7 +11,7 @@ import sqlalchemy.exc
 from flask import Flask, current_app, g, has_request_context, render_template, request
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestHeaderFieldsTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import audit, config, directory, keystore, sessions, store
@@ -105,11 +105,20 @@ _JSON_ENDPOINTS = ("/token", "/revoke", "/introspect", "/userinfo", "/authorize-
 def _register_handlers(app: Flask) -> None:
     from .flows.base import FlowExpired
 
+    def _header_limit():
+        """Refuse oversized request headers (431) before anything else, CSRF check included, reads them."""
+        size = sum(len(name) + len(value) + 4 for name, value in request.headers.items())
+        if size > int(app.config["MAX_HEADER_BYTES"]):
+            raise RequestHeaderFieldsTooLarge()
+    app.before_request_funcs.setdefault(None, []).insert(0, _header_limit)
+
     @app.after_request
     def _headers(response):
         sessions.write_cookie(response)
         audit.add_request_id_header(response)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if app.config["DEPLOYMENT"] == "production":
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         if response.mimetype == "text/html":
             response.headers.setdefault("Content-Security-Policy",
                                         "default-src 'self'; frame-ancestors 'none'; form-action 'self' http: https:")
@@ -132,7 +141,7 @@ def _register_handlers(app: Flask) -> None:
         if request.path in _JSON_ENDPOINTS:
             return {"error": "invalid_request", "error_description": error.description}, error.code
         messages = {404: _("La pagina richiesta non esiste."), 405: _("Metodo non consentito."),
-                    413: _("La richiesta è troppo grande.")}
+                    413: _("La richiesta è troppo grande."), 431: _("La richiesta è troppo grande.")}
         return render_template("error.html", title=_("Errore"),
                                message=messages.get(error.code, _("La richiesta non è valida."))), error.code
 

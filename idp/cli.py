@@ -39,7 +39,8 @@ def clients_group():
 @click.option("--redirect-uri", "redirect_uris", multiple=True, help="Exact redirect URI (repeatable).")
 @click.option("--post-logout-uri", "post_logout_uris", multiple=True, help="Exact post-logout URI (repeatable).")
 @click.option("--grant-type", "grant_types", multiple=True,
-              help="authorization_code, refresh_token, client_credentials (repeatable).")
+              help="authorization_code, refresh_token, client_credentials, "
+                   "urn:selfcare:params:oauth:grant-type:network (repeatable).")
 @click.option("--scope", default="openid", show_default=True, help="Scopes the client may request.")
 @click.option("--auth-method", default="client_secret_basic", show_default=True,
               type=click.Choice(client_registry.AUTH_METHODS))

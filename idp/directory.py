@@ -80,7 +80,10 @@ class SqlDirectory:
                         status=row.status)
 
     def customer(self, code: str) -> CustomerInfo | None:
-        row = db.session.scalar(select(Customer).where(Customer.code == (code or "").strip().upper()))
+        code = (code or "").strip().upper()
+        if not _CUSTOMER_CODE.fullmatch(code):  # cannot exist, so not looked up (a NUL breaks PostgreSQL)
+            return None
+        row = db.session.scalar(select(Customer).where(Customer.code == code))
         return _customer_info(row) if row is not None else None
 
     def check_sim_pin(self, number: str, pin: str) -> bool:

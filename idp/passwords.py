@@ -55,9 +55,11 @@ def _nfkc(text: str) -> str:
 
 
 def normalise_answer(answer: str) -> str:
-    """Security answers compare loosely: NFKC, case-folded, accents folded, spaces trimmed and collapsed."""
+    """Security answers compare loosely: NFKC, case-folded, accents and invisible characters (zero-width, bidi
+    marks, controls) dropped, spaces trimmed and collapsed."""
     text = unicodedata.normalize("NFKC", answer or "").casefold()
-    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch)
+                   and (ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf")))
     return " ".join(text.split())
 
 

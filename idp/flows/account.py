@@ -149,6 +149,8 @@ def revoke_application(client_id: str):
     sso, account = logged_in()
     if account is None:
         return login_required_page()
+    if not clients.well_formed_id(client_id):  # no client has such an id: nothing to revoke
+        return redirect(url_for("account.page"))
     tokens.revoke_account_client(account.id, client_id)
     signals.emit(signals.GRANT_REVOKED, account_id=account.id, client_id=client_id, by="account_page")
     flash(_("L'applicazione non ha più accesso al tuo account."), "success")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 
+import sqlalchemy.exc
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_babel import force_locale, gettext as _, lazy_gettext as _l, ngettext
 from flask_wtf import FlaskForm
@@ -39,7 +40,7 @@ from wtforms.validators import AnyOf, DataRequired, Length, Regexp
 from .. import msisdn, otp, ratelimit, registration, senders, signals
 from ..directory import LineInfo, directory
 from ..store import store
-from .base import _COUNT, Flow, FlowConflict, FlowExpired, TooManyAttempts, client_address
+from .base import _COUNT, _FLOW_ID, Flow, FlowConflict, FlowExpired, TooManyAttempts, client_address
 from .login import LoginFlow
 from .steps import NewCredentialsForm, credentials_problems
 
@@ -179,7 +180,7 @@ class SimForm(FlaskForm):
     line = StringField(validators=[DataRequired(), Length(max=32)])
     pin = PasswordField(validators=[DataRequired(), Length(max=16)])
     email = StringField(validators=[DataRequired(), Length(max=254),
-                                    Regexp(r"^[^@\s]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,}$")])
+                                    Regexp(r"^[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,}$")])
 
 
 class CodeForm(FlaskForm):
@@ -247,6 +248,22 @@ def start():
 
 @bp.route("/<flow_id>", methods=["GET", "POST"])
 def step(flow_id: str):
+    if request.method != "POST" or not _FLOW_ID.match(flow_id or ""):
+        return _step(flow_id)
+    # One submission of a flow at a time: a burst of the same POST (double clicks, a retrying client) is
+    # answered "already sent" instead of each copy spending one of the flow's attempts, which would end the
+    # flow under the one copy that was right. The one that runs loads the flow under the lock, in the state
+    # the previous submission left.
+    busy = EmployeeRegistrationFlow._key(flow_id) + ":busy"
+    if not store().add(busy, 1, 30):
+        return _already_submitted()
+    try:
+        return _step(flow_id)
+    finally:
+        store().destroy(busy)
+
+
+def _step(flow_id: str):
     try:
         flow = EmployeeRegistrationFlow.load(flow_id)
     except FlowExpired:
@@ -390,6 +407,19 @@ def _code(flow: EmployeeRegistrationFlow):
                    minutes=max(1, int(current_app.config["OTP_TTL"]) // 60))
 
 
+_DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError)
+
+
+def _reopen(flow: EmployeeRegistrationFlow) -> None:
+    """Back from "done" to "credentials" after the database failed under ``complete`` (the 503 page says that
+    what was entered is not lost). A commit whose answer was lost is harmless: sent again, the line is taken."""
+    try:
+        flow.state = "credentials"
+        flow.save()
+    except Exception:  # Redis is gone too, or the flow expired: the person starts again
+        pass
+
+
 def _credentials(flow: EmployeeRegistrationFlow):
     form = NewCredentialsForm()
     problems: list[str] = []
@@ -400,6 +430,9 @@ def _credentials(flow: EmployeeRegistrationFlow):
             flow.advance("done")  # compare-and-set: one submission of this flow goes on
             try:
                 complete(flow, form.password.data, form.question.data, form.answer.data)
+            except _DATABASE_DOWN:
+                _reopen(flow)  # nothing was saved: the same page can be sent again once the service is back
+                raise
             except registration.RegistrationError:
                 flow.finish()
                 return render_template("error.html", title=_("Registrazione non completata"),

@@ -51,7 +51,7 @@ PURPOSE = "referent-registration"
 # For data that do not match, the PIN is bound to this destination, which no request can name, and never sent: the
 # verification path (attempts, exhaustion, messages) stays the same and no PIN typed can ever be right.
 _NOWHERE = "\x00undeliverable"
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,}$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,}$")  # no control characters
 
 
 # The field that tells a step's own form apart from a stale one posted again.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from authlib.oauth2.rfc6749 import InvalidClientError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from flask import current_app
 from joserfc.jwk import KeySet
@@ -29,6 +30,12 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         exp = claims.get("exp")
         ttl = int(exp - time.time()) + 60 if isinstance(exp, (int, float)) else 600
         return store().add(f"assertion-jti:{claims.get('iss')}:{sha256(str(jti))}", 1, max(ttl, 60))
+
+    def extract_assertion(self, assertion: str):
+        try:
+            return super().extract_assertion(assertion)
+        except RecursionError:  # nested deeper than json can decode; Authlib catches only ValueError
+            raise InvalidClientError(description="Invalid JWT payload.") from None
 
     def resolve_client_public_key(self, client):
         return KeySet.import_key_set(client.jwks or {"keys": []})

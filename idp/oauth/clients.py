@@ -12,6 +12,7 @@ import hmac
 import secrets
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -159,8 +160,13 @@ class ClientCache:
                 self._entries.pop(client_id, None)
 
 
+def well_formed_id(client_id: str | None) -> bool:
+    """RFC 6749 Appendix A: a client_id is visible ASCII; anything else is nobody (and never reaches the database)."""
+    return bool(client_id) and len(client_id) <= 64 and all(" " <= ch <= "~" for ch in client_id)
+
+
 def query_client(client_id: str) -> RegisteredClient | None:
-    if not client_id or len(client_id) > 64:
+    if not well_formed_id(client_id):
         return None
     cache: ClientCache = current_app.extensions["idp.clients"]
     return cache.get(client_id, float(current_app.config["CLIENT_CACHE_TTL"]))
@@ -184,6 +190,8 @@ def create(name: str, *, redirect_uris=(), grant_types=("authorization_code", "r
            jwks: dict | None = None, id_token_alg: str | None = None, may_introspect=False, native_login=False,
            client_id: str | None = None, secret: str | None = None) -> tuple[Client, str | None]:
     """Register a client; return the row and its secret (shown once; only its hash is kept)."""
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):  # bidi overrides could disguise the name
+        raise ClientError("the name must not contain control or invisible formatting characters")
     if auth_method not in AUTH_METHODS:
         raise ClientError(f"auth method must be one of {', '.join(AUTH_METHODS)}")
     for grant in grant_types:
