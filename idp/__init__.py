@@ -150,8 +150,9 @@ def _register_handlers(app: Flask) -> None:
     @app.errorhandler(sqlalchemy.exc.OperationalError)
     @app.errorhandler(sqlalchemy.exc.InterfaceError)
     @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    @app.errorhandler(keystore.KeyStoreError)
     def _unavailable(error):
-        """A dependency (Redis, PostgreSQL) is down or saturated: say so, and let clients retry."""
+        """A dependency (Redis, PostgreSQL, the key store) is down, saturated or unusable: say so; clients retry."""
         app.logger.error("dependency unavailable on %s: %s", request.path, error.__class__.__name__)
         _rollback_quietly()
         headers = {"Retry-After": "5", "Cache-Control": "no-store"}
