@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import audit, config, directory, keystore, sessions, store
 from .extensions import babel, csrf, db, migrate
+from .fastpaths import HSTS, FixedDocuments
 
 
 def _select_locale():
@@ -52,6 +53,7 @@ def _signed_in():
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     config.load(app, test_config)
+    app.wsgi_app = FixedDocuments(app.wsgi_app, app)
     if int(app.config["PROXY_FIX_HOPS"]) > 0:
         hops = int(app.config["PROXY_FIX_HOPS"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
@@ -118,7 +120,7 @@ def _register_handlers(app: Flask) -> None:
         audit.add_request_id_header(response)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         if app.config["DEPLOYMENT"] == "production":
-            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+            response.headers.setdefault("Strict-Transport-Security", HSTS)
         if response.mimetype == "text/html":
             response.headers.setdefault("Content-Security-Policy",
                                         "default-src 'self'; frame-ancestors 'none'; form-action 'self' http: https:")

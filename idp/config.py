@@ -112,7 +112,7 @@ DEFAULTS: dict[str, object] = {
     "METRICS_TOKEN": "",  # bearer token a Prometheus scraper sends to /metrics; empty: /metrics is off (404)
     "LOG_FORMAT": None,  # json | text; None: json in production, text elsewhere
     "LOG_LEVEL": "INFO",
-    "LOG_REQUESTS": None,  # one log line per request; None: on in production only
+    "LOG_REQUESTS": False,  # one JSON line per request (the TLS proxy usually keeps the access log already)
     # pages
     "LANGUAGES": ["it", "en"],  # languages offered; the pages' catalogues are in idp/translations
     "BABEL_DEFAULT_LOCALE": "it",  # language when nothing else decides
@@ -160,8 +160,6 @@ def _derive(app) -> None:
     production = config["DEPLOYMENT"] == "production"
     if config["LOG_FORMAT"] is None:
         config["LOG_FORMAT"] = "json" if production else "text"
-    if config["LOG_REQUESTS"] is None:
-        config["LOG_REQUESTS"] = production
     config["SESSION_COOKIE_SECURE"] = config["COOKIE_SECURE"]
     config["SESSION_COOKIE_HTTPONLY"] = True
     config["SESSION_COOKIE_SAMESITE"] = "Lax"

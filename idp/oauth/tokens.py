@@ -93,8 +93,13 @@ def issue(client, grant_type: str, scope: str, account=None, login: LoginContext
     return token, row
 
 
+_TOKEN_COLUMNS = tuple(c.key for c in Token.__table__.columns if c.key != "id")
+_INSERT_TOKEN = Token.__table__.insert()
+
+
 def save(row: Token) -> None:
-    db.session.add(row)
+    """Insert the row with one Core INSERT: the ORM unit of work costs more than the insert itself on this path."""
+    db.session.execute(_INSERT_TOKEN, {key: getattr(row, key) for key in _TOKEN_COLUMNS})
     db.session.commit()
     observability.count_token(row.grant_type)
 

@@ -1,4 +1,5 @@
-"""The OpenID Connect endpoints (SPEC §4): discovery, JWKS, authorize, token, userinfo, revoke, introspect, logout.
+"""The OpenID Connect endpoints (SPEC §4): authorize, token, userinfo, revoke, introspect, logout (discovery and
+the JWKS are fixed documents served by ``idp.fastpaths``).
 
 Views stay thin: Authlib validates, ``policy`` decides whether to log in, the login flow authenticates.
 Every redirect back to a client carries ``iss`` (RFC 9207), also for errors; a request whose client or
@@ -11,38 +12,18 @@ from urllib.parse import urlencode
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from authlib.oidc.core.errors import LoginRequiredError
-from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from .. import accounts, sessions
 from ..extensions import csrf
 from ..flows import login
-from ..keystore import keyring
-from . import discovery, policy, tokens
+from . import policy, tokens
 from .grants import AuthenticatedUser
 from .scopes import account_claims
 from .server import server
 
 bp = Blueprint("oauth", __name__)
-
-
-@bp.get("/.well-known/openid-configuration")
-def openid_configuration():
-    body = current_app.extensions.get("idp.discovery")
-    if body is None:
-        body = current_app.extensions["idp.discovery"] = discovery.body(current_app.config["ISSUER"])
-    return Response(body, mimetype="application/json", headers={"Cache-Control": "public, max-age=3600",
-                                                                "Access-Control-Allow-Origin": "*"})
-
-
-@bp.get("/jwks.json")
-def jwks():
-    body, etag = keyring().jwks()  # next, active and retired public keys; body and ETag of one generation
-    headers = {"Cache-Control": f"public, max-age={int(current_app.config['JWKS_MAX_AGE'])}",
-               "ETag": f'"{etag}"', "Access-Control-Allow-Origin": "*"}
-    if request.if_none_match.contains(etag):
-        return Response(status=304, headers=headers)
-    return Response(body, mimetype="application/jwk-set+json", headers=headers)
 
 
 def _with_iss(response):
