@@ -100,10 +100,15 @@ def failed(ticket: Ticket) -> None:
 
 
 def succeeded(ticket: Ticket) -> None:
-    """The password was right: forget the line's failures (the address keeps its own count)."""
+    """The password was right: forget the line's failures, and give the address its ticket back, so that many
+    people behind one NAT (an office, a mobile gateway) are never locked out by their own successful logins."""
     for subject in ticket.subjects:
         if subject.startswith("line:"):
             store().redis.delete(*_keys(subject))
+        else:
+            count_key = _keys(subject)[0]
+            if int(store().redis.decr(count_key)) < 0:
+                store().redis.delete(count_key)
 
 
 def attempts(line: str) -> int:

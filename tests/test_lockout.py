@@ -100,3 +100,14 @@ def test_cli_status_and_clear(make_app):
         lockout.take(LINE, "10.0.0.1")
     with app.app_context():
         assert db.session.query(AuditEvent).filter_by(type="account.unlocked").count() == 1
+
+
+def test_successful_logins_do_not_lock_a_shared_address(make_app):
+    app = make_app(LOCKOUT_THRESHOLD_ADDRESS=3, LOCKOUT_FREE_FAILURES=100)
+    with app.test_request_context():
+        for n in range(10):  # ten colleagues behind one NAT log in successfully
+            lockout.succeeded(lockout.take(f"+39393000000{n}", "10.0.0.9"))
+        for n in range(3):
+            lockout.failed(lockout.take(f"+39393100000{n}", "10.0.0.9"))
+        with pytest.raises(lockout.Locked):
+            lockout.take("+393931000009", "10.0.0.9")
