@@ -49,10 +49,12 @@ def change_credentials(account: Account, password: str, question: str, answer: s
 
     Every other session and every grant (refresh and access tokens) of the account ends; the person is told on
     their channel, except at the forced change of a temporary password, which they are doing right now.
+    Sessions and grants end *before* the new password is saved: if Redis or the database fails in between, the
+    account is at worst logged out with its old password, never on a new password with the old sessions alive.
     """
-    registration.set_credentials(account, password, question, answer)
     sessions.end_all(account.id, keep_current=keep_current_session)
     tokens.revoke_account_tokens(account.id)
+    registration.set_credentials(account, password, question, answer)
     signals.emit(signals.PASSWORD_CHANGED, account_id=account.id, line=account.username, via=reason)
     if reason == "first_login":
         return

@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 from flask import current_app
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 class Store:
@@ -54,7 +56,12 @@ class Store:
 
 def connect(config) -> Store:
     if config["REDIS_URL"]:
-        client = redis.Redis.from_url(config["REDIS_URL"], decode_responses=True, health_check_interval=30)
+        # A pooled connection that died while idle (Redis restarted, a network blip) is reconnected once
+        # instead of failing the request; a Redis that hangs fails within the socket time-outs (503) instead
+        # of holding the worker. Options in the URL's query (e.g. ?socket_timeout=2) override these.
+        client = redis.Redis.from_url(config["REDIS_URL"], decode_responses=True, health_check_interval=30,
+                                      socket_timeout=5, socket_connect_timeout=5,
+                                      retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
     else:
         import fakeredis  # development default only
 
