@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from flask import current_app, request
+from flask import current_app, g, request
 
 from ..store import store
 
@@ -100,6 +100,20 @@ class Flow:
             raise FlowExpired(flow_id)
         return cls(id=flow_id, state=record["state"], expires_at=record["expires_at"], data=record["data"],
                    version=int(version))
+
+    @classmethod
+    def load_for_page(cls, flow_id: str) -> "Flow":
+        """Load the flow for one of its pages: ``?lang=`` switches (and remembers) the language the pages speak."""
+        flow = cls.load(flow_id)
+        lang = request.args.get("lang")
+        if lang in current_app.config["LANGUAGES"] and lang != flow.data.get("locale"):
+            flow.data["locale"] = lang
+            try:
+                flow.save()
+            except (FlowConflict, FlowExpired):
+                pass  # another request moved the flow: the language applies to this page only
+        g.locale = flow.data.get("locale")
+        return flow
 
     def _dump(self) -> str:
         return f"{self.version}|" + json.dumps({"state": self.state, "expires_at": self.expires_at,

@@ -101,17 +101,7 @@ def _restart(authorize_query: str, message: str):
 
 @bp.route("/<flow_id>", methods=["GET", "POST"])
 def credentials(flow_id: str):
-    try:
-        flow = LoginFlow.load(flow_id)
-    except FlowExpired:
-        return render_template("flows/expired.html"), 410
-    if request.args.get("lang") in current_app.config["LANGUAGES"]:
-        flow.data["locale"] = request.args["lang"]
-        try:
-            flow.save()
-        except (FlowConflict, FlowExpired):
-            pass
-    g.locale = flow.data.get("locale")
+    flow = LoginFlow.load_for_page(flow_id)
     if flow.state == "change_password":
         return _change_password(flow)
     if flow.state == "question":

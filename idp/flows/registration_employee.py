@@ -264,17 +264,7 @@ def step(flow_id: str):
 
 
 def _step(flow_id: str):
-    try:
-        flow = EmployeeRegistrationFlow.load(flow_id)
-    except FlowExpired:
-        return render_template("flows/expired.html"), 410
-    if request.args.get("lang") in current_app.config["LANGUAGES"]:
-        flow.data["locale"] = request.args["lang"]
-        try:
-            flow.save()
-        except (FlowConflict, FlowExpired):
-            pass
-    g.locale = flow.data.get("locale")
+    flow = EmployeeRegistrationFlow.load_for_page(flow_id)
     handler = {"line": _line, "sim": _sim, "code": _code, "credentials": _credentials}.get(flow.state)
     if handler is None:  # "done": a concurrent request is finishing this flow
         return _already_submitted()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import force_locale
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
@@ -213,15 +213,7 @@ def _expired():
 
 
 def _load(flow_id: str) -> RegistrationReferentFlow:
-    flow = RegistrationReferentFlow.load(flow_id)
-    if request.args.get("lang") in current_app.config["LANGUAGES"]:
-        flow.data["locale"] = request.args["lang"]
-        try:
-            flow.save()
-        except (FlowConflict, FlowExpired):
-            pass
-    g.locale = flow.data.get("locale")
-    return flow
+    return RegistrationReferentFlow.load_for_page(flow_id)
 
 
 def _page(flow: Flow):
