@@ -2,7 +2,7 @@
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from .helpers import LINE, Journey, query_of
+from .helpers import LINE, Journey
 
 
 def _verify(client, token: str):

@@ -29,7 +29,6 @@ from ..extensions import csrf
 from ..flows.base import client_address
 from ..store import store
 from . import tokens
-from .clients import query_client
 from .policy import level
 from .scopes import ACR_LEVELS, ACR_PASSWORD, ACR_PASSWORD_QUESTION, AMR, SCOPES
 
