@@ -234,3 +234,18 @@ def real_senders_app(make_app, real_senders_settings):
     ``sms_gateway`` (with ``SMS_GATEWAY_AUTH_HEADER="Authorization: Bearer test-token"``). Request the receiver
     fixtures too to read the codes: ``def test_x(real_senders_app, sms_gateway, smtp_receiver)``."""
     return make_app(**real_senders_settings)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's build: browser downloads are impossible on these machines
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's chromium driven by Playwright, one per test module (each test opens its own context)."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -23,7 +23,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from requests.adapters import HTTPAdapter
 
 from examples import demo_rp
@@ -34,7 +34,7 @@ from idp.models import AuditEvent
 from .conftest import LiveServer, free_port
 from .gateway import GATEWAY_SETTINGS, EnrichmentProxy, signed_headers
 from .helpers import LINE, Factory, csrf_of, pkce, query_of
-from .test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _claim, _page
+from .test_browser import ARTIFACTS, _claim, _page
 from .test_openid_client import REDIRECT_URI, TIMEOUT, NodeRP
 
 pytestmark = [pytest.mark.live]
@@ -98,14 +98,6 @@ def _authorize_url(base: str, client_id: str, redirect_uri: str, **extra) -> str
 
 
 # 1. the browser -------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def chromium():
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
 
 @pytest.fixture
 def demo_portal_via_gateway(gateway_idp):

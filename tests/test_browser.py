@@ -10,7 +10,7 @@ import os
 import re
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from examples import demo_rp
 
@@ -19,19 +19,8 @@ from .helpers import LINE, PASSWORD
 
 pytestmark = [pytest.mark.live, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = os.path.join(os.path.dirname(__file__), "artifacts")
 WRONG_CREDENTIALS = "Numero di linea o password non corretti."
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import os
 import re
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from examples import demo_rp
 from idp import directory, registration
@@ -26,9 +26,6 @@ from .helpers import Factory
 
 pytestmark = [pytest.mark.live, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = os.path.join(os.path.dirname(__file__), "artifacts")
 WRONG_CREDENTIALS = "Numero di linea o password non corretti."
 
@@ -42,14 +39,6 @@ ANSWER = "Fido il bassotto"
 
 
 # fixtures ---------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def chromium():
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
 
 @pytest.fixture
 def idp(make_app, real_senders_settings):
