@@ -81,14 +81,17 @@ class Factory:
             return row.id
 
     def account(self, line=LINE, password=PASSWORD, role="employee", status="active", email="mario@acme.example",
-                customer_code="C0001") -> int:
+                customer_code="C0001", question: str | None = None, answer: str | None = None) -> int:
         customer_id = self.customer(customer_code)
         with self.app.app_context():
             line_row = Line(msisdn=line, customer_id=customer_id, sim_type="voice", status="active")
             db.session.add(line_row)
             db.session.flush()
             account = Account(username=line, role=role, customer_id=customer_id, email=email, email_verified=True,
-                              password_hash=passwords.hash_secret(password), status=status)
+                              password_hash=passwords.hash_secret(password), status=status,
+                              security_question=question,
+                              security_answer_hash=passwords.hash_secret(passwords.normalise_answer(answer))
+                              if answer else None)
             db.session.add(account)
             db.session.flush()
             db.session.add(AccountLine(account_id=account.id, line_id=line_row.id, slot=1))

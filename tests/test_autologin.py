@@ -5,7 +5,6 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from idp import passwords
 from idp.extensions import db
 from idp.models import Account, AuditEvent, Line
 
@@ -21,12 +20,7 @@ ACR_QUESTION = "urn:selfcare:acr:password+question"
 def gw(make_app):
     app = make_app(**GATEWAY_SETTINGS)
     factory = Factory(app)
-    account_id = factory.account()
-    with app.app_context():
-        account = db.session.get(Account, account_id)
-        account.security_question = "first_pet"
-        account.security_answer_hash = passwords.hash_secret(passwords.normalise_answer("Fido"))
-        db.session.commit()
+    factory.account(question="first_pet", answer="Fido")
     return app, factory.rp()
 
 
@@ -161,12 +155,7 @@ def test_first_login_with_the_question_required(gw):
 def test_wrong_answers_count_in_the_password_lockout(make_app):
     app = make_app(**GATEWAY_SETTINGS, LOCKOUT_THRESHOLD=3, LOGIN_MAX_ATTEMPTS=20)
     factory = Factory(app)
-    account_id = factory.account()
-    with app.app_context():
-        account = db.session.get(Account, account_id)
-        account.security_question = "first_pet"
-        account.security_answer_hash = passwords.hash_secret(passwords.normalise_answer("Fido"))
-        db.session.commit()
+    factory.account(question="first_pet", answer="Fido")
     client = app.test_client()
     journey = Journey(client, factory.rp())
     location = journey.authorize(acr_values=ACR_QUESTION).headers["Location"]

@@ -4,7 +4,6 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from idp import passwords
 from idp.extensions import db
 from idp.models import Account
 
@@ -19,12 +18,7 @@ ACR_QUESTION = "urn:selfcare:acr:password+question"
 def native(make_app):
     app = make_app(**GATEWAY_SETTINGS)
     factory = Factory(app)
-    account_id = factory.account()
-    with app.app_context():
-        account = db.session.get(Account, account_id)
-        account.security_question = "first_pet"
-        account.security_answer_hash = passwords.hash_secret(passwords.normalise_answer("Fido"))
-        db.session.commit()
+    factory.account(question="first_pet", answer="Fido")
     my3 = factory.rp(name="My3", redirect_uri=None, auth_method="none", first_party=True, native_login=True,
                      grant_types=("authorization_code", "refresh_token", NETWORK_GRANT),
                      scope="openid phone profile")

@@ -16,14 +16,7 @@ NEW_PASSWORD = "Lampione-Verde-72"
 @pytest.fixture
 def known(app, factory):
     """An employee with a security question (channel SMS) and a logged-in session holding tokens."""
-    account_id = factory.account()
-    from idp import passwords
-    with app.app_context():
-        account = db.session.get(Account, account_id)
-        account.security_question = "first_pet"
-        account.security_answer_hash = passwords.hash_secret(passwords.normalise_answer("Fido"))
-        db.session.commit()
-    return account_id
+    return factory.account(question="first_pet", answer="Fido")
 
 
 def _start(client, line=LINE):
@@ -156,13 +149,7 @@ def test_wrong_code_and_resend(app, client, known, outbox):
 def test_failed_delivery_is_told_and_resumable(make_app, factory):
     app = make_app(SMS_SENDER="http", SMS_GATEWAY_URL="http://127.0.0.1:9/", SMS_GATEWAY_RETRIES=0)
     from .helpers import Factory
-    from idp import passwords
-    account_id = Factory(app).account()
-    with app.app_context():
-        account = db.session.get(Account, account_id)
-        account.security_question = "first_pet"
-        account.security_answer_hash = passwords.hash_secret(passwords.normalise_answer("Fido"))
-        db.session.commit()
+    Factory(app).account(question="first_pet", answer="Fido")
     client = app.test_client()
     url = _start(client)
     response = _post(client, url, answer="fido")
