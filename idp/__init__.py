@@ -16,7 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import audit, config, directory, keystore, sessions, store
 from .extensions import babel, csrf, db, migrate
-from .fastpaths import HSTS, FixedDocuments
+from .fastpaths import HSTS, FixedDocuments, headers_too_large
 
 
 def _select_locale():
@@ -109,8 +109,7 @@ def _register_handlers(app: Flask) -> None:
 
     def _header_limit():
         """Refuse oversized request headers (431) before anything else, CSRF check included, reads them."""
-        size = sum(len(name) + len(value) + 4 for name, value in request.headers.items())
-        if size > int(app.config["MAX_HEADER_BYTES"]):
+        if headers_too_large(request.environ, int(app.config["MAX_HEADER_BYTES"])):
             raise RequestHeaderFieldsTooLarge()
     app.before_request_funcs.setdefault(None, []).insert(0, _header_limit)
 

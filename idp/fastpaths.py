@@ -2,7 +2,8 @@
 
 Both are the same bytes for every request until the configuration or the key folder changes, so they are answered
 by a thin WSGI layer in front of the app — precomputed body, ETag and 304 — without routing, request objects or
-per-request hooks. Anything else goes to Flask untouched. (These two paths are therefore not in the per-endpoint
+per-request hooks. Anything else — and any request with oversized headers, which Flask refuses with 431 — goes to
+Flask untouched. (These two paths are therefore not in the per-endpoint
 request metrics.)
 """
 from __future__ import annotations
@@ -14,6 +15,15 @@ from werkzeug.http import parse_etags
 from .oauth import discovery
 
 HSTS = "max-age=31536000; includeSubDomains"
+
+
+def headers_too_large(environ, limit: int) -> bool:
+    """All request headers together, as the client sent them (name, value, ": " and CRLF), over ``limit`` bytes."""
+    size = 0
+    for key, value in environ.items():
+        if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            size += len(key) - (5 if key.startswith("HTTP_") else 0) + len(value) + 4
+    return size > limit
 
 
 class FixedDocuments:
@@ -31,7 +41,8 @@ class FixedDocuments:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO")
-        if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+        if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and not headers_too_large(
+                environ, int(self.app.config["MAX_HEADER_BYTES"])):  # oversized: Flask answers 431
             if path == "/.well-known/openid-configuration":
                 body, etag = self._discovery_body()
                 return self._answer(environ, start_response, body, etag, "application/json", 3600, self._hsts())
