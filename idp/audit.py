@@ -9,7 +9,6 @@ secret ever reaches the table.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 import secrets
@@ -109,9 +108,3 @@ def export(rows, fmt: str, out) -> int:
             out.write(json.dumps(data, ensure_ascii=False) + "\n")
         count += 1
     return count
-
-
-def export_text(rows, fmt: str) -> str:
-    buffer = io.StringIO()
-    export(rows, fmt, buffer)
-    return buffer.getvalue()

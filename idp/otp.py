@@ -110,8 +110,3 @@ def verify(flow_key: str, purpose: str, destination: str, code: str) -> None:
     if store().consume(key) is None:  # a concurrent request used it first
         raise OtpError("already used")
     store().destroy(key + ":tries")
-
-
-def tries_left(flow_key: str, purpose: str) -> int:
-    used = int(store().redis.get(store().key(_key(flow_key, purpose) + ":tries")) or 0)
-    return max(0, int(current_app.config["OTP_MAX_ATTEMPTS"]) - used)
