@@ -14,7 +14,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, RequestHeaderFieldsTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import audit, config, directory, keystore, sessions, store
+from . import audit, config, database, directory, keystore, sessions, store  # noqa: F401  (database: pool checks)
 from .extensions import babel, csrf, db, migrate
 from .fastpaths import HSTS, FixedDocuments, headers_too_large
 

@@ -150,9 +150,9 @@ def _derive(app) -> None:
     if url.startswith("sqlite"):
         config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
     else:
-        # a dead or hung PostgreSQL answers 503 within seconds instead of holding the worker
-        config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True,
-                                                        "connect_args": {"connect_timeout": 5}})
+        # a dead or hung PostgreSQL answers 503 within seconds instead of holding the worker; dead pooled
+        # connections are replaced at checkout without a round trip (idp.database), so no pool_pre_ping
+        config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"connect_timeout": 5}})
     config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
     if not config["KEYS_DIR"]:
         config["KEYS_DIR"] = os.path.join(os.path.dirname(app.root_path), "keys")

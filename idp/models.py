@@ -89,6 +89,19 @@ class Account(db.Model):
     def is_active(self) -> bool:
         return self.status == "active"
 
+    # what ``scopes.account_claims`` reads, named as on ``tokens.Person`` (the same data read without the ORM)
+    @property
+    def customer_code(self) -> str:
+        return self.customer.code
+
+    @property
+    def customer_name(self) -> str:
+        return self.customer.name
+
+    @property
+    def line_numbers(self) -> list[str]:
+        return [link.line.msisdn for link in self.lines]
+
 
 class AccountLine(db.Model):
     """A SIM associated with an account. Slots 1 and 2 only, one account per line: the database enforces
@@ -131,6 +144,7 @@ class Token(db.Model):
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     jti: Mapped[str] = mapped_column(String(64), unique=True)
+    access_hash: Mapped[str | None] = mapped_column(String(64), unique=True)  # SHA-256 of the JWT: how we find it
     client_id: Mapped[str] = mapped_column(String(64), index=True)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     grant_type: Mapped[str] = mapped_column(String(64))

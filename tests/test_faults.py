@@ -704,18 +704,21 @@ def test_sim_association_cut_in_the_middle_of_the_final_post(rig):
     assert _sims(rig, line) == [line, second]
 
 
-def test_a_pre_ping_that_fails_oddly_replaces_the_connection(rig):
-    """The pre-ping of a connection whose socket has just died can fail with psycopg's ProgrammingError "can't
-    change 'autocommit' now" instead of an OperationalError (seen here under the cuts above, as a 500 from the
-    registration's final POST). idp/extensions.py makes any failed ping a dead connection. Reproduced on a real
-    connection that a query keeps busy, as a dying one is left."""
+def test_a_pooled_connection_the_server_closed_is_replaced_without_a_round_trip(rig):
+    """No pool pre-ping (a SELECT 1 round trip per checkout, issue 8): a pooled connection whose server side has
+    gone (terminated here as a restart does) has a readable socket while idle; idp/database.py replaces it at
+    checkout, so the next statement runs on a new connection instead of failing."""
     with rig.app.app_context():
         engine = db.engine
-        raw = engine.raw_connection()
-        try:
-            raw.driver_connection.pgconn.send_query(b"SELECT pg_sleep(1)")
-            assert engine.dialect._do_ping_w_event(raw.driver_connection) is False  # replace it, do not raise
-        finally:
-            raw.invalidate()
-        with engine.connect() as connection:  # and the pool goes on with good connections
-            assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+        engine.dispose()
+        with engine.connect() as connection:
+            dead_pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() == dead_pid  # pooled, reused
+        import psycopg
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url, autocommit=True) as admin:  # another session ends the pooled one
+            admin.execute("SELECT pg_terminate_backend(%s)", (dead_pid,))
+        time.sleep(0.2)
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != dead_pid

@@ -1,6 +1,8 @@
-"""Hot paths stay lean (issue 8 point 5): work counted, not timed. A change that adds a SQL statement to the token,
-userinfo or introspection endpoint, re-parses keys or clients per request, or puts discovery/JWKS back behind
-Flask makes one of these fail."""
+"""Hot paths stay lean (issue 8 point 5): work counted, not timed. A change that adds a database round trip to the
+token, userinfo or introspection endpoint (a statement, a BEGIN/COMMIT/ROLLBACK, a pool ping), re-parses keys or
+clients per request, or puts discovery/JWKS back behind Flask makes one of these fail."""
+import tempfile
+
 import pytest
 from sqlalchemy import event
 
@@ -9,21 +11,62 @@ from idp.extensions import db
 from .helpers import Journey, basic
 
 
-class StatementCounter:
+class RoundTrips:
+    """What reaches the database inside the block, counted at the driver, so nothing escapes: every statement,
+    transaction control and pool ping. PostgreSQL: libpq's protocol trace, one round trip per ReadyForQuery,
+    named by the server's command tag ("SELECT", "INSERT", "BEGIN", "COMMIT"…; "PREPARE" for psycopg's one-time
+    preparation of a statement on a connection, not counted). SQLite: the connection's statement trace (PRAGMAs
+    left out: SQLAlchemy's isolation-level reset, in-process)."""
+
     def __init__(self, app):
-        self.app, self.statements = app, []
+        self.app, self.traced, self.sqlite = app, [], []
 
     def __enter__(self):
         with self.app.app_context():
             self.engine = db.engine
-        event.listen(self.engine, "before_cursor_execute", self._count)
+        self.trace_file = tempfile.TemporaryFile("w+")
+        event.listen(self.engine, "checkout", self._trace)
         return self
 
-    def _count(self, conn, cursor, statement, *args):
-        self.statements.append(statement.split()[0].upper())
+    def _trace(self, dbapi_connection, record, proxy):
+        if any(c is dbapi_connection for c in self.traced):
+            return
+        self.traced.append(dbapi_connection)
+        pgconn = getattr(dbapi_connection, "pgconn", None)
+        if pgconn is None:
+            dbapi_connection.set_trace_callback(self.sqlite.append)
+            return
+        from psycopg import pq
+        pgconn.trace(self.trace_file.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
 
     def __exit__(self, *exc):
-        event.remove(self.engine, "before_cursor_execute", self._count)
+        event.remove(self.engine, "checkout", self._trace)
+        for connection in self.traced:
+            pgconn = getattr(connection, "pgconn", None)
+            if pgconn is None:
+                connection.set_trace_callback(None)
+            elif not connection.closed:
+                pgconn.untrace()
+        self.trace_file.seek(0)
+        self.trips = self._postgres(self.trace_file.read()) + [
+            statement.split()[0].upper() for statement in self.sqlite if not statement.upper().startswith("PRAGMA")]
+        self.trace_file.close()
+
+    @staticmethod
+    def _postgres(trace: str) -> list[str]:
+        trips, tag = [], "PREPARE"
+        for line in trace.splitlines():
+            fields = line.split("\t")
+            if len(fields) < 3 or fields[0] != "B":
+                continue
+            if fields[2] == "CommandComplete":
+                tag = fields[3].strip().strip('"').split()[0]
+            elif fields[2] == "ReadyForQuery":
+                if tag != "PREPARE":
+                    trips.append(tag)
+                tag = "PREPARE"
+        return trips
 
 
 @pytest.fixture
@@ -43,28 +86,28 @@ def warm(make_app):
 
 def test_client_credentials_is_one_insert(warm):
     app, client, rp, _tokens = warm
-    with StatementCounter(app) as counter:
+    with RoundTrips(app) as database:
         response = client.post("/token", data={"grant_type": "client_credentials", "scope": "profile"},
                                headers=basic(rp.client_id, rp.secret))
     assert response.status_code == 200
-    assert counter.statements == ["INSERT"]
+    assert database.trips == ["INSERT"]  # in autocommit: no BEGIN, no COMMIT, no ping
 
 
 def test_userinfo_is_one_select(warm):
     app, client, _rp, tokens = warm
-    with StatementCounter(app) as counter:
+    with RoundTrips(app) as database:
         response = client.get("/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]})
     assert response.status_code == 200
-    assert counter.statements == ["SELECT"]
+    assert database.trips == ["SELECT"]  # the token, its person and the person's lines, in autocommit
 
 
 def test_introspection_is_one_select(warm):
     app, client, rp, tokens = warm
-    with StatementCounter(app) as counter:
+    with RoundTrips(app) as database:
         response = client.post("/introspect", data={"token": tokens["access_token"]},
                                headers=basic(rp.client_id, rp.secret))
     assert response.json["active"] is True
-    assert counter.statements == ["SELECT"]
+    assert database.trips == ["SELECT"]
 
 
 def test_keys_are_not_reimported_per_request(warm, monkeypatch):

@@ -1,7 +1,7 @@
 """Revocation (RFC 7009), introspection (RFC 7662) and RP-initiated logout (OIDC RP-Initiated Logout 1.0).
 
-Both token endpoints accept either kind of token we issue: a JWT access token (found by its ``jti`` after its
-signature is checked) or a refresh token (found by its hash). Public clients may revoke their own tokens.
+Both token endpoints accept either kind of token we issue, each found by its hash with its person in one
+statement (``tokens.find_access``, ``tokens.find_refresh_token``): a JWT access token or a refresh token. Public clients may revoke their own tokens.
 Introspection answers about a client's own tokens, or about any token for clients registered as resource
 servers (``may_introspect``); anything else is ``{"active": false}``.
 """
@@ -24,7 +24,7 @@ from .grants import ALL_AUTH_METHODS
 class TokenRef:
     """A token row seen as one kind of token (the same row holds an access and a refresh token)."""
 
-    def __init__(self, row, kind: str):
+    def __init__(self, row: tokens.FoundToken, kind: str):
         self.row, self.kind = row, kind
 
     def check_client(self, client) -> bool:
@@ -49,12 +49,9 @@ def find_token(value: str, hint: str | None) -> TokenRef | None:
     if not value or len(value) > 4096:
         return None
     if value.count(".") == 2:
-        claims = tokens.decode_access_token(value)
-        if claims is None:
-            return None
-        row = tokens.find_by_jti(claims["jti"])
+        row = tokens.find_access(value)
         return TokenRef(row, "access_token") if row is not None else None
-    row = tokens.find_refresh(value)
+    row = tokens.find_refresh_token(value)
     return TokenRef(row, "refresh_token") if row is not None else None
 
 
@@ -90,7 +87,7 @@ class Introspection(_HintTolerant, IntrospectionEndpoint):
         body = {"active": True, "client_id": row.client_id, "token_type": "Bearer" if token.kind == "access_token"
                 else "refresh_token", "scope": row.scope, "iat": row.issued_at, "iss": current_app.config["ISSUER"],
                 "exp": row.expires_at if token.kind == "access_token" else row.refresh_expires_at}
-        body["sub"] = row.account.public_id if row.account is not None else row.client_id
+        body["sub"] = row.person.public_id if row.person is not None else row.client_id
         if token.kind == "access_token":
             body["jti"], body["aud"] = row.jti, row.audience
         if row.auth_time is not None:

@@ -14,8 +14,8 @@ presented.
 
 **Subject tokens.**
 
-- Our own **access tokens**: signature, ``typ``, ``iss``, ``exp`` and the token's row (not revoked) through
-  ``tokens.active_access_token``. They must have been issued to the exchanging client, name it in their
+- Our own **access tokens**: found by their hash (byte for byte one we issued, of a key not revoked), not
+  expired, not revoked, through ``tokens.active_access_token``. They must have been issued to the exchanging client, name it in their
   ``aud``, or have been issued to a client its policy names (``subject_clients``). They must represent a
   person: a ``client_credentials`` token is refused as a subject. **They may be exchanged more than once**
   while they live: the client already presents that bearer token to every resource of its audience, so a
@@ -463,19 +463,20 @@ def _own_access_token(value: str, role: str, client, policy: Policy) -> Presente
         raise _bad(f"The {role} token is invalid, expired or revoked.")
     claims, row = found
     issued_to = claims.get("client_id")
+    account = db.session.get(Account, row.account_id) if row.account_id is not None else None
     if role == "actor":
         if issued_to != client.client_id:
             raise _bad("The actor token was not issued to this client.")
         identity = {"sub": claims["sub"], "iss": claims["iss"], "client_id": issued_to}
-        if row.account is not None:
-            _active_account(row.account, role)
+        if account is not None:
+            _active_account(account, role)
         return Presented(ACCESS_TOKEN, claims["iss"], claims, identity, expires_at=row.expires_at)
     if not (issued_to == client.client_id or client.client_id in _audiences(claims)
             or issued_to in policy.subject_clients):
         raise _bad("The subject token was not issued to this client nor to a client its policy names.")
-    if row.account is None:
+    if account is None:
         raise _bad("The subject token does not represent a person (client credentials).")
-    account = _active_account(row.account, role)
+    account = _active_account(account, role)
     return Presented(ACCESS_TOKEN, claims["iss"], claims, {"sub": claims["sub"], "iss": claims["iss"]},
                      account=account, scope=set((row.scope or "").split()),
                      assurance=Assurance(row.auth_time, row.acr, (row.amr or "").split(), row.sid),
@@ -697,10 +698,11 @@ def issue(client, account: Account, audience: str, scope: str, assurance: Assura
         claims["sid"] = assurance.sid
     if act:
         claims["act"] = act
-    token = {"access_token": tokens.sign(claims, config["DEFAULT_SIGNING_ALG"], "at+jwt"),
-             "token_type": "Bearer", "expires_in": exp - now, "scope": scope}
+    access_token = tokens.sign(claims, config["DEFAULT_SIGNING_ALG"], "at+jwt")
+    token = {"access_token": access_token, "token_type": "Bearer", "expires_in": exp - now, "scope": scope}
     family_id, family_expires_at = family or (secrets.token_hex(16), now + int(config["REFRESH_FAMILY_TTL"]))
-    row = Token(jti=jti, client_id=client.client_id, account_id=account.id, grant_type=GRANT, scope=scope,
+    row = Token(jti=jti, access_hash=tokens.sha256(access_token), client_id=client.client_id, account_id=account.id,
+                grant_type=GRANT, scope=scope,
                 audience=audience, issued_at=now, expires_at=exp, auth_time=claims.get("auth_time"),
                 acr=assurance.acr, amr=" ".join(assurance.amr) or None, sid=assurance.sid,
                 family_id=family_id, family_expires_at=family_expires_at)

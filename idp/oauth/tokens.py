@@ -1,13 +1,18 @@
 """Issuing, finding and revoking tokens (SPEC §4; RFC 9068 JWT access tokens, RFC 6749 §4.1.2 and §10.4).
 
-Access tokens are ES256 (or RS256) JWTs with ``typ: at+jwt`` and a ``jti``; the ``tokens`` row under that ``jti``
-is what revocation marks, so a revoked JWT is refused by userinfo and reported inactive by introspection.
-Refresh tokens are random and stored as SHA-256. Authorization codes live in Redis and are redeemed with GETDEL,
-so of N concurrent redemptions exactly one wins; a loser marks the code's family revoked *before* revoking its
-rows, and the winner re-checks that mark *after* committing, so the tokens from a reused code always end revoked.
+Access tokens are ES256 (or RS256) JWTs with ``typ: at+jwt`` and a ``jti``; their row keeps the SHA-256 of the
+JWT, and userinfo, introspection, revocation and token exchange find them by it, as refresh tokens (random,
+stored as SHA-256) are found: one indexed lookup, and a match proves the presented string is byte for byte a
+token we issued, so our own endpoints need no signature check (resource servers verify the signature against the
+JWKS). A revoked token or a token of a revoked key is refused. Those lookups read the row and its person with one
+statement in autocommit (``idp.database``); tokens are inserted the same way.
+Authorization codes live in Redis and are redeemed with GETDEL, so of N concurrent redemptions exactly one wins;
+a loser marks the code's family revoked *before* revoking its rows, and the winner re-checks that mark *after*
+committing, so the tokens from a reused code always end revoked.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import secrets
@@ -16,13 +21,12 @@ from dataclasses import dataclass
 
 from flask import current_app
 from joserfc import jwt
-from joserfc.errors import JoseError
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 
-from .. import observability, signals
+from .. import database, observability, signals
 from ..extensions import db
 from ..keystore import keyring
-from ..models import Token
+from ..models import Account, AccountLine, Customer, Line, Token
 from ..store import store
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -76,12 +80,13 @@ def issue(client, grant_type: str, scope: str, account=None, login: LoginContext
         claims.update(auth_time=login.auth_time, acr=login.acr, amr=login.amr)
         if login.sid:
             claims["sid"] = login.sid
-    token = {"access_token": sign(claims, config["DEFAULT_SIGNING_ALG"], "at+jwt"), "token_type": "Bearer",
-             "expires_in": ttl}
+    access_token = sign(claims, config["DEFAULT_SIGNING_ALG"], "at+jwt")
+    token = {"access_token": access_token, "token_type": "Bearer", "expires_in": ttl}
     if scope:
         token["scope"] = scope
-    row = Token(jti=jti, client_id=client.client_id, account_id=account.id if account else None,
-                grant_type=grant_type, scope=scope or "", audience=audience, issued_at=now, expires_at=now + ttl)
+    row = Token(jti=jti, access_hash=sha256(access_token), client_id=client.client_id,
+                account_id=account.id if account else None, grant_type=grant_type, scope=scope or "",
+                audience=audience, issued_at=now, expires_at=now + ttl)
     if login:
         row.auth_time, row.acr, row.amr, row.sid = login.auth_time, login.acr, " ".join(login.amr), login.sid
         row.family_id, row.family_expires_at = login.family_id, login.family_expires_at
@@ -94,13 +99,16 @@ def issue(client, grant_type: str, scope: str, account=None, login: LoginContext
 
 
 _TOKEN_COLUMNS = tuple(c.key for c in Token.__table__.columns if c.key != "id")
-_INSERT_TOKEN = Token.__table__.insert()
+_INSERT_TOKEN = Token.__table__.insert().values({key: bindparam(key) for key in _TOKEN_COLUMNS})
 
 
 def save(row: Token) -> None:
-    """Insert the row with one Core INSERT: the ORM unit of work costs more than the insert itself on this path."""
-    db.session.execute(_INSERT_TOKEN, {key: getattr(row, key) for key in _TOKEN_COLUMNS})
-    db.session.commit()
+    """Insert the row with one INSERT in autocommit (the ORM unit of work costs more than the insert itself).
+
+    What the grant did in the session before (a code's account read, a refresh token claimed) is committed first."""
+    if db.session.registry.has() and db.session().in_transaction():
+        db.session.commit()
+    database.execute(_INSERT_TOKEN, {key: getattr(row, key) for key in _TOKEN_COLUMNS})
     observability.count_token(row.grant_type)
 
 
@@ -223,37 +231,132 @@ def revoke_client_tokens(client_id: str) -> None:
     db.session.commit()
 
 
-# access tokens --------------------------------------------------------------------------------------------------
+# finding tokens: the row and its person in one statement ----------------------------------------------------
 
-def decode_access_token(value: str) -> dict | None:
-    """Verify an access token we issued (signature, kid, typ, iss, exp); None when it is not one."""
+@dataclass(frozen=True, slots=True)
+class Person:
+    """The account a token represents, as ``scopes.account_claims`` reads it (the attributes of ``Account``)."""
+    id: int
+    public_id: str
+    username: str
+    email: str | None
+    email_verified: bool
+    role: str
+    status: str
+    customer_code: str
+    customer_name: str
+    line_numbers: tuple[str, ...]
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == "active"
+
+
+_FOUND_COLUMNS = ("id", "jti", "client_id", "account_id", "grant_type", "scope", "audience", "issued_at",
+                  "expires_at", "revoked_at", "access_revoked_at", "refresh_hash", "refresh_expires_at",
+                  "refresh_used_at", "family_id", "family_expires_at", "sid", "auth_time", "acr", "amr")
+
+
+@dataclass(frozen=True, slots=True)
+class FoundToken:
+    """A token row (the columns of ``Token`` that endpoints read) with its person, or ``None`` for a client's."""
+    id: int
+    jti: str
+    client_id: str
+    account_id: int | None
+    grant_type: str
+    scope: str
+    audience: str | None
+    issued_at: int
+    expires_at: int
+    revoked_at: int | None
+    access_revoked_at: int | None
+    refresh_hash: str | None
+    refresh_expires_at: int | None
+    refresh_used_at: int | None
+    family_id: str | None
+    family_expires_at: int | None
+    sid: str | None
+    auth_time: int | None
+    acr: str | None
+    amr: str | None
+    person: Person | None
+
+    def check_client(self, client) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def access_active(self) -> bool:
+        return self.revoked_at is None and self.access_revoked_at is None and self.expires_at > time.time()
+
+
+def _found_select(key_column):
+    tokens_, accounts_, customers_ = Token.__table__, Account.__table__, Customer.__table__
+    links, lines = AccountLine.__table__, Line.__table__
+    return (select(*(tokens_.c[name] for name in _FOUND_COLUMNS), accounts_.c.public_id, accounts_.c.username,
+                   accounts_.c.email, accounts_.c.email_verified, accounts_.c.role, accounts_.c.status,
+                   customers_.c.code, customers_.c.name, lines.c.msisdn)
+            .select_from(tokens_.outerjoin(accounts_, accounts_.c.id == tokens_.c.account_id)
+                         .outerjoin(customers_, customers_.c.id == accounts_.c.customer_id)
+                         .outerjoin(links, links.c.account_id == accounts_.c.id)
+                         .outerjoin(lines, lines.c.id == links.c.line_id))
+            .where(key_column == bindparam("digest"))
+            .order_by(links.c.slot))
+
+
+_BY_ACCESS_HASH = _found_select(Token.__table__.c.access_hash)
+_BY_REFRESH_HASH = _found_select(Token.__table__.c.refresh_hash)
+_N = len(_FOUND_COLUMNS)
+
+
+def _found(statement, value: str) -> FoundToken | None:
+    rows = database.fetch(statement, {"digest": sha256(value)})
+    if not rows:
+        return None
+    first = rows[0]
+    person = None
+    if first[3] is not None:  # account_id
+        public_id, username, email, verified, role, status, code, name = first[_N:_N + 8]
+        person = Person(first[3], public_id, username, email, bool(verified), role, status, code, name,
+                        tuple(row[-1] for row in rows if row[-1] is not None))
+    return FoundToken(*first[:_N], person=person)
+
+
+def _header(value: str) -> dict:
+    segment = value.split(".", 1)[0]
+    try:
+        return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except ValueError:
+        return {}
+
+
+def find_access(value: str) -> FoundToken | None:
+    """An access token we issued (active or not), found by its hash; ``None`` for anything else and for the
+    tokens of a revoked signing key."""
     if not value or len(value) > 4096 or value.count(".") != 2:
         return None
-    ring = keyring()
-    try:
-        token = jwt.decode(value, ring.verification_keys(), algorithms=VERIFY_ALGORITHMS)
-    except (JoseError, ValueError, TypeError, KeyError):
-        return None
-    header, claims = token.header, token.claims
-    if header.get("typ") != "at+jwt" or header.get("kid") in ring.revoked_kids:
-        return None
-    if claims.get("iss") != current_app.config["ISSUER"] or not isinstance(claims.get("jti"), str):
-        return None
-    exp = claims.get("exp")
-    if not isinstance(exp, int) or exp <= time.time():
-        return None
-    return claims
+    found = _found(_BY_ACCESS_HASH, value)
+    if found is not None:
+        revoked_kids = keyring().revoked_kids
+        if revoked_kids and _header(value).get("kid") in revoked_kids:
+            return None
+    return found
 
 
-def find_by_jti(jti: str) -> Token | None:
-    return db.session.scalar(select(Token).where(Token.jti == jti))
+def find_refresh_token(value: str) -> FoundToken | None:
+    """A refresh token we issued (used, expired or not), found by its hash."""
+    if not value or len(value) > 200:
+        return None
+    return _found(_BY_REFRESH_HASH, value)
 
 
-def active_access_token(value: str) -> tuple[dict, Token] | None:
-    claims = decode_access_token(value)
-    if claims is None:
+def active_access_token(value: str) -> tuple[dict, FoundToken] | None:
+    """An access token usable now, with its claims (its payload: the hash match vouches for it)."""
+    found = find_access(value)
+    if found is None or not found.access_active():
         return None
-    row = find_by_jti(claims["jti"])
-    if row is None or row.revoked_at is not None or row.access_revoked_at is not None:
-        return None
-    return claims, row
+    segment = value.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    return claims, found

@@ -138,17 +138,15 @@ def userinfo():
         value = request.form["access_token"]
     else:
         return _bearer_error(401, None)
-    found = tokens.active_access_token(value)
-    if found is None:
+    found = tokens.find_access(value)
+    if found is None or not found.access_active():
         return _bearer_error(401, "invalid_token", "The access token is invalid, expired or revoked.")
-    _claims, row = found
-    scopes = set(row.scope.split())
+    scopes = set(found.scope.split())
     if "openid" not in scopes:
         return _bearer_error(403, "insufficient_scope", "The access token lacks the openid scope.")
-    account = row.account
-    if account is None or not account.is_active:
+    if found.person is None or not found.person.is_active:
         return _bearer_error(401, "invalid_token", "The access token's account is not active.")
-    response = jsonify(account_claims(account, scopes))
+    response = jsonify(account_claims(found.person, scopes))
     response.headers["Cache-Control"] = "no-store"
     return response
 

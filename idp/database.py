@@ -1,0 +1,122 @@
+"""One-statement database work outside the ORM session, and dead pooled connections found without a round trip
+(issue 8 point 5; shared/notes/performance.md).
+
+The hot endpoints need one statement each: userinfo and introspection a lookup, the token endpoint an insert.
+Through the ORM session each costs BEGIN, the statement and ROLLBACK or COMMIT — three round trips — plus the
+session, connection and result machinery: ~230 µs of CPU per lookup here against ~75 µs for the statement alone.
+``fetch`` and ``execute`` run one statement on a pooled connection in autocommit (one round trip; a single
+statement is atomic on its own), compiled once per engine. Parameters and results are plain ``str``/``int``/
+``None`` (SQLite gives booleans as 0/1). Errors come out as SQLAlchemy's (``OperationalError`` …) so the 503
+handlers treat them as they treat the ORM's, and a connection that failed by disconnecting leaves the pool.
+
+Pool pre-ping (a ``SELECT 1`` round trip on every checkout) is replaced by a look at the socket: an idle
+PostgreSQL connection is sent nothing, so a socket with something to read — the server's termination notice or
+end of stream after a restart, a proxy's cut — belongs to a dead connection, and the pool replaces it before the
+request uses it (``exc.DisconnectionError`` in a checkout listener: SQLAlchemy's documented pessimistic check).
+"""
+from __future__ import annotations
+
+import select
+import threading
+
+from sqlalchemy import event, exc
+from sqlalchemy.pool import Pool
+
+from .extensions import db
+
+
+# dead connections ------------------------------------------------------------------------------------------------
+
+def connection_dropped(dbapi_connection) -> bool:
+    """Whether a pooled, idle PostgreSQL connection is known dead without asking the server (SQLite: never)."""
+    pgconn = getattr(dbapi_connection, "pgconn", None)
+    if pgconn is None:
+        return False
+    if dbapi_connection.closed or dbapi_connection.broken:
+        return True
+    try:
+        fd = pgconn.socket
+    except Exception:  # psycopg: "the connection is lost"
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))  # readable (data, EOF) or in error while nothing was asked: dead
+
+
+@event.listens_for(Pool, "checkout")
+def _replace_dropped(dbapi_connection, connection_record, connection_proxy) -> None:
+    if connection_dropped(dbapi_connection):
+        raise exc.DisconnectionError("the database closed this pooled connection")
+
+
+# one statement in autocommit --------------------------------------------------------------------------------------
+
+_compiled: dict[tuple[int, str], tuple[str, tuple[str, ...] | None]] = {}
+_compiled_lock = threading.Lock()
+
+
+def _compile(statement, dialect) -> tuple[str, tuple[str, ...] | None]:
+    """The statement's SQL for this dialect and, for positional parameter styles, the parameters' order.
+
+    Statements are module-level constants, so ``id`` identifies them for the process's life."""
+    key = (id(statement), dialect.name)
+    found = _compiled.get(key)
+    if found is None:
+        compiled = statement.compile(dialect=dialect)
+        found = (str(compiled), tuple(compiled.positiontup) if compiled.positional else None)
+        with _compiled_lock:
+            _compiled[key] = found
+    return found
+
+
+def _run(statement, params: dict, rows: bool):
+    engine = db.engine
+    dialect = engine.dialect
+    sql, order = _compile(statement, dialect)
+    args = tuple(params[name] for name in order) if order is not None else params
+    dbapi_error = dialect.loaded_dbapi.Error
+    try:
+        connection = engine.raw_connection()
+    except dbapi_error as error:
+        raise exc.DBAPIError.instance(None, None, error, dbapi_error) from error
+    try:
+        dialect.set_isolation_level(connection.dbapi_connection, "AUTOCOMMIT")
+        cursor = connection.cursor()
+        try:
+            cursor.execute(sql, args)
+            return cursor.fetchall() if rows else cursor.rowcount
+        finally:
+            cursor.close()
+    except dbapi_error as error:
+        gone = dialect.is_disconnect(error, connection.dbapi_connection, None)
+        if gone:
+            connection.invalidate(error)
+        raise exc.DBAPIError.instance(sql, args, error, dbapi_error, connection_invalidated=gone) from error
+    finally:
+        if connection.dbapi_connection is not None:
+            try:
+                dialect.reset_isolation_level(connection.dbapi_connection)
+            except dbapi_error:
+                connection.invalidate()
+        connection.close()
+
+
+def fetch(statement, params: dict) -> list[tuple]:
+    """Run a SELECT on its own, in autocommit: one round trip. Rows as tuples.
+
+    A connection that dies between its checkout and the statement is invalidated and the read tried once more on
+    a new one (a read is safe to repeat; a write is not, so ``execute`` never retries)."""
+    try:
+        return _run(statement, params, rows=True)
+    except exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+    return _run(statement, params, rows=True)
+
+
+def execute(statement, params: dict) -> int:
+    """Run one INSERT/UPDATE/DELETE on its own, in autocommit (atomic by itself): one round trip. Rows affected.
+
+    It does not see the ORM session's uncommitted work; on SQLite a session holding a write lock would block it,
+    so callers commit their session first."""
+    return _run(statement, params, rows=False)
