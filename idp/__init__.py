@@ -16,7 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import audit, config, database, directory, keystore, sessions, store  # noqa: F401  (database: pool checks)
 from .extensions import babel, csrf, db, migrate
-from .fastpaths import HSTS, FixedDocuments, headers_too_large
+from .fastpaths import HSTS, BeforeFlask, headers_too_large
 
 
 def _select_locale():
@@ -50,10 +50,16 @@ def _signed_in():
     return {"signed_in": signed_in}
 
 
+def _synchronous(function):
+    return function
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
+    app.session_interface = sessions.CsrfCookieSessionInterface()
+    app.ensure_sync = _synchronous  # no view or hook here is a coroutine: skip Flask's per-call inspection
     config.load(app, test_config)
-    app.wsgi_app = FixedDocuments(app.wsgi_app, app)
+    app.wsgi_app = BeforeFlask(app.wsgi_app, app)
     if int(app.config["PROXY_FIX_HOPS"]) > 0:
         hops = int(app.config["PROXY_FIX_HOPS"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)

@@ -1,20 +1,41 @@
-"""Fixed documents served before Flask (issue 8 point 5; notes/performance.md): discovery and the JWKS.
+"""Requests answered before Flask (issue 8 point 5; shared/notes/performance.md): the fixed documents, and the
+common case of userinfo, introspection and ``client_credentials``.
 
-Both are the same bytes for every request until the configuration or the key folder changes, so they are answered
-by a thin WSGI layer in front of the app — precomputed body, ETag and 304 — without routing, request objects or
-per-request hooks. Anything else — and any request with oversized headers, which Flask refuses with 431 — goes to
-Flask untouched. (These two paths are therefore not in the per-endpoint
-request metrics.)
+Flask's request machinery costs ~110 µs per request on this machine kind, Authlib's token endpoint as much again:
+more than the work these answers need.
+
+- **Discovery and the JWKS** are the same bytes for every request until the configuration or the key folder
+  changes: precomputed body, ETag and 304, without routing, request objects or per-request hooks.
+- **Userinfo** (``GET`` with ``Authorization: Bearer``), **introspection** and the **``client_credentials``
+  grant** (``POST`` authenticated with ``client_secret_basic``, a url-encoded body of the usual parameters) — the
+  calls relying parties, resource servers and batch jobs make all day — are answered here with the functions the
+  Flask views and Authlib's grant use (``views.userinfo_claims``, ``endpoints.introspection``,
+  ``grants.client_credentials_scope``, ``tokens.issue``/``save``): the same bytes and headers, counted in the
+  same request metrics. Anything else — another method, authentication or parameter, a malformed header or body,
+  an unknown client or a wrong secret, oversized headers, any exception (a database outage included) — goes on to
+  Flask with its body intact, where the one implementation of those answers and errors lives. A token is issued
+  only as the last step, so a request never passes on after one was saved.
 """
 from __future__ import annotations
 
 import hashlib
+import io
+import time
+from urllib.parse import parse_qsl
 
-from werkzeug.http import parse_etags
+import redis
+import sqlalchemy.exc
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from werkzeug.http import HTTP_STATUS_CODES, parse_etags
 
+from . import keystore, observability
 from .oauth import discovery
 
 HSTS = "max-age=31536000; includeSubDomains"
+_FORM = "application/x-www-form-urlencoded"
+_NO_STORE_JSON = (("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("Pragma", "no-cache"))
+_DEPENDENCY_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
+                      redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, keystore.KeyStoreError)
 
 
 def headers_too_large(environ, limit: int) -> bool:
@@ -26,12 +47,42 @@ def headers_too_large(environ, limit: int) -> bool:
     return size > limit
 
 
-class FixedDocuments:
+class _PassOn(Exception):
+    """Not the common case: Flask answers."""
+
+
+class BeforeFlask:
+    FIXED = frozenset(("/.well-known/openid-configuration", "/jwks.json"))
+
     def __init__(self, wsgi_app, app):
         self.wsgi_app = wsgi_app
         self.app = app
         self._discovery: tuple[str, bytes, str] | None = None
+        self._handlers = {("GET", "/userinfo"): ("oauth.userinfo", self._userinfo),
+                          ("POST", "/introspect"): ("oauth.introspect", self._introspection),
+                          ("POST", "/token"): ("oauth.token", self._client_credentials)}
 
+    def __call__(self, environ, start_response):
+        path, method = environ.get("PATH_INFO"), environ.get("REQUEST_METHOD")
+        if path in self.FIXED:
+            if method in ("GET", "HEAD") and not self._too_large(environ):  # oversized: Flask answers 431
+                return self._fixed(environ, start_response, path)
+        else:
+            handler = self._handlers.get((method, path))
+            if handler is not None and not self._too_large(environ):
+                return self._answer_or_pass_on(environ, start_response, *handler)
+        return self.wsgi_app(environ, start_response)
+
+    def _too_large(self, environ) -> bool:
+        return headers_too_large(environ, int(self.app.config["MAX_HEADER_BYTES"]))
+
+    def _security_headers(self) -> list[tuple[str, str]]:
+        headers = [("X-Content-Type-Options", "nosniff")]
+        if self.app.config["DEPLOYMENT"] == "production":
+            headers.append(("Strict-Transport-Security", HSTS))
+        return headers
+
+    # discovery and JWKS -------------------------------------------------------------------------------------------
     def _discovery_body(self) -> tuple[bytes, str]:
         issuer = self.app.config["ISSUER"]
         if self._discovery is None or self._discovery[0] != issuer:
@@ -39,28 +90,15 @@ class FixedDocuments:
             self._discovery = (issuer, body, hashlib.sha256(body).hexdigest()[:32])
         return self._discovery[1], self._discovery[2]
 
-    def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO")
-        if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and not headers_too_large(
-                environ, int(self.app.config["MAX_HEADER_BYTES"])):  # oversized: Flask answers 431
-            if path == "/.well-known/openid-configuration":
-                body, etag = self._discovery_body()
-                return self._answer(environ, start_response, body, etag, "application/json", 3600, self._hsts())
-            if path == "/jwks.json":
-                body, etag = self.app.extensions["idp.keyring"].jwks()
-                return self._answer(environ, start_response, body, etag, "application/jwk-set+json",
-                                    int(self.app.config["JWKS_MAX_AGE"]), self._hsts())
-        return self.wsgi_app(environ, start_response)
-
-    def _hsts(self) -> list[tuple[str, str]]:
-        if self.app.config["DEPLOYMENT"] == "production":
-            return [("Strict-Transport-Security", HSTS)]
-        return []
-
-    @staticmethod
-    def _answer(environ, start_response, body: bytes, etag: str, mimetype: str, max_age: int, extra: list):
+    def _fixed(self, environ, start_response, path: str):
+        if path == "/jwks.json":
+            body, etag = self.app.extensions["idp.keyring"].jwks()
+            mimetype, max_age = "application/jwk-set+json", int(self.app.config["JWKS_MAX_AGE"])
+        else:
+            body, etag = self._discovery_body()
+            mimetype, max_age = "application/json", 3600
         headers = [("Cache-Control", f"public, max-age={max_age}"), ("ETag", f'"{etag}"'),
-                   ("Access-Control-Allow-Origin", "*"), ("X-Content-Type-Options", "nosniff"), *extra]
+                   ("Access-Control-Allow-Origin", "*"), *self._security_headers()]
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
         if if_none_match and parse_etags(if_none_match).contains_weak(etag):
             start_response("304 Not Modified", headers)
@@ -68,3 +106,107 @@ class FixedDocuments:
         headers += [("Content-Type", mimetype), ("Content-Length", str(len(body)))]
         start_response("200 OK", headers)
         return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    # userinfo and introspection -------------------------------------------------------------------------------
+    def _answer_or_pass_on(self, environ, start_response, endpoint: str, handler):
+        started = time.perf_counter()
+        with self.app.app_context():
+            try:
+                status, body, headers = handler(environ)
+            except _PassOn:
+                return self.wsgi_app(environ, start_response)
+            except Exception as error:  # Flask meets it again and answers: the 503 JSON, or a logged 500
+                if not isinstance(error, _DEPENDENCY_ERRORS):
+                    self.app.logger.exception("answering %s before Flask failed; Flask answers", endpoint)
+                return self.wsgi_app(environ, start_response)
+            observability.record_request(endpoint, environ["REQUEST_METHOD"], status, time.perf_counter() - started)
+        headers += [("Content-Length", str(len(body))), *self._security_headers()]
+        start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", headers)
+        return [body]
+
+    def _userinfo(self, environ) -> tuple[int, bytes, list]:
+        from .oauth.views import UserinfoRefused, bearer_challenge, userinfo_claims
+        scheme, _sep, value = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        value = value.strip()
+        if scheme.lower() != "bearer" or not value:
+            raise _PassOn
+        json = self.app.json
+        try:
+            claims = userinfo_claims(value)
+        except UserinfoRefused as refused:
+            body, challenge = bearer_challenge(refused)
+            return refused.status, _jsonify_bytes(json, body), [
+                ("Content-Type", "application/json"), ("WWW-Authenticate", challenge),
+                ("Cache-Control", "no-store")]
+        return 200, _jsonify_bytes(json, claims), [("Content-Type", "application/json"),
+                                                   ("Cache-Control", "no-store")]
+
+    def _introspection(self, environ) -> tuple[int, bytes, list]:
+        from .oauth.endpoints import introspection
+        form = self._form(environ, {"token", "token_type_hint"})
+        if not form.get("token"):
+            raise _PassOn
+        client = self._basic_client(environ, "introspection")
+        body = self.app.json.dumps(introspection(client, form["token"])).encode()
+        return 200, body, list(_NO_STORE_JSON)
+
+    def _client_credentials(self, environ) -> tuple[int, bytes, list]:
+        """Issues a token: nothing may pass on to Flask after ``tokens.save`` (it would issue a second one)."""
+        from authlib.oauth2 import OAuth2Error
+
+        from .oauth import tokens
+        from .oauth.grants import client_credentials_scope
+        form = self._form(environ, {"grant_type", "scope"})
+        if form.get("grant_type") != "client_credentials":
+            raise _PassOn
+        client = self._basic_client(environ, "token")
+        if not client.check_grant_type("client_credentials"):
+            raise _PassOn
+        try:
+            scope = client_credentials_scope(client, form.get("scope"))
+        except OAuth2Error:
+            raise _PassOn from None
+        token, row = tokens.issue(client, "client_credentials", scope)
+        body = self.app.json.dumps(token).encode()
+        tokens.save(row)
+        return 200, body, list(_NO_STORE_JSON)
+
+    @staticmethod
+    def _basic_client(environ, endpoint: str):
+        """The client authenticated by ``client_secret_basic`` (RFC 6749 §2.3.1), as Authlib checks it."""
+        from .oauth.clients import query_client
+        client_id, secret = extract_basic_authorization({"Authorization": environ.get("HTTP_AUTHORIZATION")})
+        if not client_id or not secret:
+            raise _PassOn
+        client = query_client(client_id)
+        if client is None or not client.check_endpoint_auth_method("client_secret_basic", endpoint) \
+                or not client.check_client_secret(secret):
+            raise _PassOn
+        return client
+
+    def _form(self, environ, names: set[str]) -> dict[str, str]:
+        """A small url-encoded body of these names, each at most once; put back for Flask whatever happens next."""
+        if environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() != _FORM:
+            raise _PassOn
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:
+            raise _PassOn from None
+        if not 0 < length <= int(self.app.config["MAX_CONTENT_LENGTH"]):
+            raise _PassOn
+        raw = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(raw)
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            raise _PassOn from None
+        form = dict(pairs)
+        if len(form) != len(pairs) or set(form) - names:
+            raise _PassOn
+        return form
+
+
+def _jsonify_bytes(json, obj) -> bytes:
+    """The bytes ``flask.jsonify`` makes outside debug mode (compact, sorted keys, final newline)."""
+    return (json.dumps(obj, indent=None, separators=(",", ":")) + "\n").encode()
+

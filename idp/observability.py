@@ -71,23 +71,42 @@ def count_refusal(limit: str) -> None:
 
 # requests -------------------------------------------------------------------------------------------------------
 
+_KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+_request_series: dict[tuple[str, str, int], tuple] = {}  # (endpoint, method, status) → its counter and histogram
+
+
+def _series(endpoint: str, method: str, status: int) -> tuple:
+    """The labelled children, made once: ``labels()`` per request costs more than the increment itself.
+    Endpoints and statuses are the app's own; a method outside HTTP's usual ones is counted as OTHER, so a
+    client cannot grow the registry."""
+    key = (endpoint, method, status)
+    found = _request_series.get(key)
+    if found is None:
+        label = method if method in _KNOWN_METHODS else "OTHER"
+        found = _request_series[key] = (REQUESTS.labels(endpoint, label, str(status)), LATENCY.labels(endpoint))
+    return found
+
+
 def _before():
     g.request_started = time.perf_counter()
 
 
 def _after(response):
     started = g.pop("request_started", None)
-    if started is None:
-        return response
-    elapsed = time.perf_counter() - started
-    endpoint = request.endpoint or "unmatched"
-    REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-    LATENCY.labels(endpoint).observe(elapsed)
+    if started is not None:
+        record_request(request.endpoint or "unmatched", request.method, response.status_code,
+                       time.perf_counter() - started)
+    return response
+
+
+def record_request(endpoint: str, method: str, status: int, elapsed: float) -> None:
+    """Count and time one request (and log it when LOG_REQUESTS): Flask's, or one answered before Flask."""
+    requests_total, latency = _series(endpoint, method, status)
+    requests_total.inc()
+    latency.observe(elapsed)
     if current_app.config["LOG_REQUESTS"]:
         current_app.logger.info("request", extra={"http": {
-            "method": request.method, "endpoint": endpoint, "status": response.status_code,
-            "duration_ms": round(elapsed * 1000, 2)}})
-    return response
+            "method": method, "endpoint": endpoint, "status": status, "duration_ms": round(elapsed * 1000, 2)}})
 
 
 @bp.get("/metrics")

@@ -84,3 +84,11 @@ def test_demo_data_is_idempotent_and_logs_in(app, tmp_path):
     journey = Journey(app.test_client(), RegisteredRP(rp["client_id"], rp["client_secret"], rp["redirect_uri"]))
     tokens = journey.tokens(username=DEMO_ACCOUNT["line"], password=DEMO_ACCOUNT["password"])
     assert "id_token" in tokens
+
+
+def test_generated_client_ids_never_look_like_command_line_options():
+    """A client_id starting with "-" made `idp clients exchange-policy <id>` read it as an option (1 in 64)."""
+    from idp.oauth.clients import new_client_id
+    ids = [new_client_id() for _ in range(3000)]
+    assert not any(client_id.startswith("-") for client_id in ids)
+    assert len(set(ids)) == 3000 and all(len(client_id) == 24 for client_id in ids)

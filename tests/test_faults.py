@@ -315,6 +315,8 @@ def test_postgres_down_answers_503_tokens_keep_validating_and_service_recovers(r
         "refresh": timed(lambda: person.refresh(rig.rp, issued["refresh_token"])),
         "userinfo": timed(lambda: requests.get(rig.url + "/userinfo", timeout=30,
                                                headers={"Authorization": "Bearer " + access})),
+        "introspection": timed(lambda: requests.post(rig.url + "/introspect", timeout=30, data={"token": access},
+                                                     auth=(rig.rp.client_id, rig.rp.secret))),
         "client_credentials": timed(lambda: requests.post(rig.url + "/token", timeout=30,
                                                           auth=(rig.rp.client_id, rig.rp.secret),
                                                           data={"grant_type": "client_credentials"})),

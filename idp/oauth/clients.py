@@ -160,6 +160,14 @@ class ClientCache:
                 self._entries.pop(client_id, None)
 
 
+def new_client_id() -> str:
+    """144 random bits, URL-safe, never starting with "-" (a command line would read it as an option)."""
+    while True:
+        candidate = secrets.token_urlsafe(18)
+        if candidate[0] != "-":
+            return candidate
+
+
 def well_formed_id(client_id: str | None) -> bool:
     """RFC 6749 Appendix A: a client_id is visible ASCII; anything else is nobody (and never reaches the database)."""
     return bool(client_id) and len(client_id) <= 64 and all(" " <= ch <= "~" for ch in client_id)
@@ -213,7 +221,7 @@ def create(name: str, *, redirect_uris=(), grant_types=("authorization_code", "r
     unknown = [s for s in scope_to_list(scope) or [] if s not in SCOPES]
     if unknown:
         raise ClientError(f"unknown scopes: {' '.join(unknown)}")
-    client_id = client_id or secrets.token_urlsafe(18)
+    client_id = client_id or new_client_id()
     if db.session.scalar(select(Client).where(Client.client_id == client_id)) is not None:
         raise ClientError(f"client {client_id} already exists")
     if auth_method in ("client_secret_basic", "client_secret_post"):

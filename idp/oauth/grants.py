@@ -24,7 +24,7 @@ from .. import accounts, gateway, sessions, signals
 from ..store import store
 from . import tokens
 from .clients import NETWORK_GRANT
-from .scopes import ACR_NETWORK, AMR, account_claims
+from .scopes import ACR_NETWORK, AMR, SCOPES, account_claims
 
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
@@ -173,15 +173,24 @@ class RefreshTokenGrant(IssuingMixin, grants.RefreshTokenGrant):
         pass  # claim_refresh marked it used before the new pair was issued
 
 
+def client_credentials_scope(client, requested: str | None) -> str:
+    """The scope a ``client_credentials`` request gets (RFC 6749 §4.4.2, §3.3): what it asks for, when every scope
+    is one we support and the client is registered for, never ``openid`` (no person); else InvalidScopeError.
+    Also used by ``idp.fastpaths``."""
+    wanted = scope_to_list(requested) or []
+    allowed = scope_to_list(client.get_allowed_scope(" ".join(wanted))) or []
+    if set(wanted) - set(SCOPES) or set(wanted) - set(allowed) or "openid" in wanted:
+        raise InvalidScopeError()
+    return requested or ""
+
+
 class ClientCredentialsGrant(IssuingMixin, grants.ClientCredentialsGrant):
+    """Also answered before Flask for ``client_secret_basic`` (``idp.fastpaths``), with the same functions."""
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
 
     def validate_token_request(self):
         super().validate_token_request()
-        requested = scope_to_list(self.request.payload.scope) or []
-        allowed = scope_to_list(self.request.client.get_allowed_scope(" ".join(requested))) or []
-        if set(requested) - set(allowed) or "openid" in requested:
-            raise InvalidScopeError()
+        client_credentials_scope(self.request.client, self.request.payload.scope)
 
     def create_token_response(self):
         token = self.generate_token(scope=self.request.payload.scope or "", include_refresh_token=False)

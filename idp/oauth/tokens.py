@@ -19,8 +19,10 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from flask import current_app
-from joserfc import jwt
 from sqlalchemy import and_, bindparam, func, or_, select, update
 
 from .. import database, observability, signals
@@ -37,9 +39,25 @@ def sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
 def sign(claims: dict, alg: str, typ: str) -> str:
+    """A JWS compact serialization (RFC 7515 §7.1) of the claims, signed with the active key of ``alg`` and naming
+    its ``kid``. Signed here with ``cryptography`` directly: joserfc's generic path costs as much again as the
+    signature itself (issue 8); tests verify the result with joserfc and with independent libraries."""
     key = keyring().signing_key(alg)
-    return jwt.encode({"alg": alg, "kid": key.kid, "typ": typ}, claims, key, algorithms=[alg])
+    header = _b64(json.dumps({"alg": alg, "kid": key.kid, "typ": typ}, separators=(",", ":")).encode())
+    signing_input = header + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
+    if alg == "ES256":  # RFC 7518 §3.4: R and S, 32 bytes each, not DER
+        r, s = decode_dss_signature(key.private_key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    elif alg == "RS256":
+        signature = key.private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        raise ValueError(f"unsupported signing algorithm {alg}")
+    return (signing_input + b"." + _b64(signature)).decode()
 
 
 @dataclass
@@ -339,8 +357,9 @@ def find_access(value: str) -> FoundToken | None:
         return None
     found = _found(_BY_ACCESS_HASH, value)
     if found is not None:
-        revoked_kids = keyring().revoked_kids
-        if revoked_kids and _header(value).get("kid") in revoked_kids:
+        ring = keyring()
+        ring.refresh()
+        if ring.revoked_kids and _header(value).get("kid") in ring.revoked_kids:
             return None
     return found
 

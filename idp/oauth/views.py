@@ -105,17 +105,43 @@ def introspect():
     return server.create_endpoint_response("introspection")
 
 
-def _bearer_error(status: int, error: str | None, description: str | None = None):
-    challenge = 'Bearer realm="selfcare"'
-    body = {}
-    if error:
-        challenge += f', error="{error}"'
-        body["error"] = error
-        if description:
-            challenge += f', error_description="{description}"'
-            body["error_description"] = description
+class UserinfoRefused(Exception):
+    """Why an access token gets no claims (RFC 6750 §3.1): HTTP status, error code, description."""
+
+    def __init__(self, status: int, error: str | None, description: str | None = None):
+        super().__init__(error)
+        self.status, self.error, self.description = status, error, description
+
+
+def bearer_challenge(error: UserinfoRefused) -> tuple[dict, str]:
+    """The JSON body and the WWW-Authenticate value of a refusal (also used by ``idp.fastpaths``)."""
+    challenge, body = 'Bearer realm="selfcare"', {}
+    if error.error:
+        challenge += f', error="{error.error}"'
+        body["error"] = error.error
+        if error.description:
+            challenge += f', error_description="{error.description}"'
+            body["error_description"] = error.description
+    return body, challenge
+
+
+def userinfo_claims(value: str) -> dict:
+    """The claims an access token grants (OIDC Core §5.3), or ``UserinfoRefused``."""
+    found = tokens.find_access(value)
+    if found is None or not found.access_active():
+        raise UserinfoRefused(401, "invalid_token", "The access token is invalid, expired or revoked.")
+    scopes = set(found.scope.split())
+    if "openid" not in scopes:
+        raise UserinfoRefused(403, "insufficient_scope", "The access token lacks the openid scope.")
+    if found.person is None or not found.person.is_active:
+        raise UserinfoRefused(401, "invalid_token", "The access token's account is not active.")
+    return account_claims(found.person, scopes)
+
+
+def _bearer_error(refused: UserinfoRefused):
+    body, challenge = bearer_challenge(refused)
     response = jsonify(body)
-    response.status_code = status
+    response.status_code = refused.status
     response.headers["WWW-Authenticate"] = challenge
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -124,29 +150,26 @@ def _bearer_error(status: int, error: str | None, description: str | None = None
 @bp.route("/userinfo", methods=["GET", "POST"])
 @csrf.exempt
 def userinfo():
+    """Also answered before Flask for its common case (``idp.fastpaths``), with the same functions."""
     header = request.headers.get("Authorization", "")
     in_body = request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded" \
         and "access_token" in request.form
-    if header and in_body:
-        return _bearer_error(400, "invalid_request", "Use one way of sending the access token.")
-    if header:
-        scheme, _sep, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            return _bearer_error(401, "invalid_request", "The Authorization header must be a Bearer token.")
-        value = value.strip()
-    elif in_body:
-        value = request.form["access_token"]
-    else:
-        return _bearer_error(401, None)
-    found = tokens.find_access(value)
-    if found is None or not found.access_active():
-        return _bearer_error(401, "invalid_token", "The access token is invalid, expired or revoked.")
-    scopes = set(found.scope.split())
-    if "openid" not in scopes:
-        return _bearer_error(403, "insufficient_scope", "The access token lacks the openid scope.")
-    if found.person is None or not found.person.is_active:
-        return _bearer_error(401, "invalid_token", "The access token's account is not active.")
-    response = jsonify(account_claims(found.person, scopes))
+    try:
+        if header and in_body:
+            raise UserinfoRefused(400, "invalid_request", "Use one way of sending the access token.")
+        if header:
+            scheme, _sep, value = header.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise UserinfoRefused(401, "invalid_request", "The Authorization header must be a Bearer token.")
+            value = value.strip()
+        elif in_body:
+            value = request.form["access_token"]
+        else:
+            raise UserinfoRefused(401, None)
+        claims = userinfo_claims(value)
+    except UserinfoRefused as refused:
+        return _bearer_error(refused)
+    response = jsonify(claims)
     response.headers["Cache-Control"] = "no-store"
     return response
 
