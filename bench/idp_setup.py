@@ -89,8 +89,8 @@ class Instance:
     def env(self) -> dict[str, str]:
         """The IdP's environment: production settings except DEPLOYMENT=test and an http issuer on loopback.
 
-        What DEPLOYMENT=production would switch on is set explicitly: secure cookies, JSON logs, one log line per
-        request. What it would refuse is absent: PostgreSQL, Redis, 48-character random secrets, argon2id at the
+        What DEPLOYMENT=production would switch on is set explicitly: secure cookies, JSON logs (request lines stay
+        off, as production's default LOG_REQUESTS=false: the TLS proxy keeps the access log). What it would refuse is absent: PostgreSQL, Redis, 48-character random secrets, argon2id at the
         configured cost. The only bench-specific settings raise limits that count per line or per client address,
         because every simulated person arrives from 127.0.0.1 (the counting itself still runs on every request).
         """
@@ -106,7 +106,6 @@ class Instance:
             "IDP_KEYS_DIR": str(self.keys_dir),
             "IDP_COOKIE_SECURE": "true",
             "IDP_LOG_FORMAT": "json",
-            "IDP_LOG_REQUESTS": "true",
             "IDP_OUTBOX_PATH": str(self.workdir / "outbox.jsonl"),
             # the test gateway (tests/gateway.py): network autologin through signed headers from loopback
             "IDP_AUTOLOGIN_TRUSTED_CIDRS": json.dumps(["127.0.0.0/8"]),

@@ -27,25 +27,36 @@ from .extensions import db
 
 # dead connections ------------------------------------------------------------------------------------------------
 
-def connection_dropped(dbapi_connection) -> bool:
-    """Whether a pooled, idle PostgreSQL connection is known dead without asking the server (SQLite: never)."""
+def connection_dropped(dbapi_connection, poller=None) -> bool:
+    """Whether a pooled, idle PostgreSQL connection is known dead without asking the server (SQLite: never).
+
+    ``poller``: a ``select.poll`` already watching the connection's socket (kept with the pooled connection)."""
     pgconn = getattr(dbapi_connection, "pgconn", None)
     if pgconn is None:
         return False
     if dbapi_connection.closed or dbapi_connection.broken:
         return True
-    try:
-        fd = pgconn.socket
-    except Exception:  # psycopg: "the connection is lost"
-        return True
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI)
+    if poller is None:
+        try:
+            fd = pgconn.socket
+        except Exception:  # psycopg: "the connection is lost"
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
     return bool(poller.poll(0))  # readable (data, EOF) or in error while nothing was asked: dead
 
 
 @event.listens_for(Pool, "checkout")
 def _replace_dropped(dbapi_connection, connection_record, connection_proxy) -> None:
-    if connection_dropped(dbapi_connection):
+    watched = connection_record.info.get("idp.poller")
+    if watched is None or watched[0] is not dbapi_connection:  # a new connection in this pool slot
+        pgconn = getattr(dbapi_connection, "pgconn", None)
+        poller = None
+        if pgconn is not None and not dbapi_connection.closed:
+            poller = select.poll()
+            poller.register(pgconn.socket, select.POLLIN | select.POLLPRI)
+        watched = connection_record.info["idp.poller"] = (dbapi_connection, poller)
+    if connection_dropped(dbapi_connection, watched[1]):
         raise exc.DisconnectionError("the database closed this pooled connection")
 
 

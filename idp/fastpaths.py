@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 from urllib.parse import parse_qsl
 
@@ -39,11 +40,14 @@ _DEPENDENCY_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceE
 
 
 def headers_too_large(environ, limit: int) -> bool:
-    """All request headers together, as the client sent them (name, value, ": " and CRLF), over ``limit`` bytes."""
-    size = 0
-    for key, value in environ.items():
-        if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            size += len(key) - (5 if key.startswith("HTTP_") else 0) + len(value) + 4
+    """All request headers together, as the client sent them (name, value, ": " and CRLF), over ``limit`` bytes.
+
+    (One comprehension over the environ, which granian fills with the whole process environment too.)"""
+    size = sum([len(key) + len(value) - 1 for key, value in environ.items() if key[:5] == "HTTP_"])
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        value = environ.get(key)
+        if value is not None:
+            size += len(key) + len(value) + 4
     return size > limit
 
 
@@ -130,16 +134,14 @@ class BeforeFlask:
         value = value.strip()
         if scheme.lower() != "bearer" or not value:
             raise _PassOn
-        json = self.app.json
         try:
             claims = userinfo_claims(value)
         except UserinfoRefused as refused:
             body, challenge = bearer_challenge(refused)
-            return refused.status, _jsonify_bytes(json, body), [
+            return refused.status, _jsonify_bytes(body), [
                 ("Content-Type", "application/json"), ("WWW-Authenticate", challenge),
                 ("Cache-Control", "no-store")]
-        return 200, _jsonify_bytes(json, claims), [("Content-Type", "application/json"),
-                                                   ("Cache-Control", "no-store")]
+        return 200, _jsonify_bytes(claims), [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
 
     def _introspection(self, environ) -> tuple[int, bytes, list]:
         from .oauth.endpoints import introspection
@@ -147,7 +149,7 @@ class BeforeFlask:
         if not form.get("token"):
             raise _PassOn
         client = self._basic_client(environ, "introspection")
-        body = self.app.json.dumps(introspection(client, form["token"])).encode()
+        body = _authlib_json_bytes(introspection(client, form["token"]))
         return 200, body, list(_NO_STORE_JSON)
 
     def _client_credentials(self, environ) -> tuple[int, bytes, list]:
@@ -167,7 +169,7 @@ class BeforeFlask:
         except OAuth2Error:
             raise _PassOn from None
         token, row = tokens.issue(client, "client_credentials", scope)
-        body = self.app.json.dumps(token).encode()
+        body = _authlib_json_bytes(token)
         tokens.save(row)
         return 200, body, list(_NO_STORE_JSON)
 
@@ -206,7 +208,12 @@ class BeforeFlask:
         return form
 
 
-def _jsonify_bytes(json, obj) -> bytes:
-    """The bytes ``flask.jsonify`` makes outside debug mode (compact, sorted keys, final newline)."""
-    return (json.dumps(obj, indent=None, separators=(",", ":")) + "\n").encode()
+def _jsonify_bytes(obj) -> bytes:
+    """The bytes ``flask.jsonify`` makes outside debug mode: compact, sorted keys, ASCII, a final newline."""
+    return (json.dumps(obj, separators=(",", ":"), sort_keys=True) + "\n").encode()
+
+
+def _authlib_json_bytes(obj) -> bytes:
+    """The bytes of Authlib's Flask responses (``flask.json.dumps``: sorted keys, ASCII, default separators)."""
+    return json.dumps(obj, sort_keys=True).encode()
 

@@ -139,3 +139,13 @@ def test_discovery_and_jwks_never_reach_flask(warm):
         assert calls == []
         client.get("/healthz")
         assert calls == [1]  # the signal does fire for requests that reach Flask
+
+
+def test_new_token_rows_have_exactly_the_columns_of_the_tokens_table():
+    """tokens.NewToken (a plain object, for speed) must stay in step with the Token model."""
+    import dataclasses
+
+    from idp.models import Token
+    from idp.oauth.tokens import NewToken
+    columns = {column.key for column in Token.__table__.columns if column.key != "id"}
+    assert {field.name for field in dataclasses.fields(NewToken)} == columns

@@ -90,7 +90,7 @@ from sqlalchemy import select
 from .. import msisdn, signals
 from ..extensions import db
 from ..keystore import keyring
-from ..models import Account, AccountLine, Line, Token
+from ..models import Account, AccountLine, Line
 from ..store import store
 from . import tokens
 from .grants import CONFIDENTIAL_AUTH_METHODS
@@ -676,7 +676,7 @@ def _scope(form, subject: Presented, policy: Policy) -> str:
 
 def issue(client, account: Account, audience: str, scope: str, assurance: Assurance, *,
           act: dict | None = None, not_after: int | None = None, family: tuple[str, int] | None = None,
-          include_refresh: bool = False) -> tuple[dict, Token]:
+          include_refresh: bool = False) -> tuple[dict, tokens.NewToken]:
     """An RFC 9068 access token for ``audience`` and its (unsaved) row; with a refresh token if asked."""
     config = current_app.config
     now = int(time.time())
@@ -701,11 +701,11 @@ def issue(client, account: Account, audience: str, scope: str, assurance: Assura
     access_token = tokens.sign(claims, config["DEFAULT_SIGNING_ALG"], "at+jwt")
     token = {"access_token": access_token, "token_type": "Bearer", "expires_in": exp - now, "scope": scope}
     family_id, family_expires_at = family or (secrets.token_hex(16), now + int(config["REFRESH_FAMILY_TTL"]))
-    row = Token(jti=jti, access_hash=tokens.sha256(access_token), client_id=client.client_id, account_id=account.id,
-                grant_type=GRANT, scope=scope,
-                audience=audience, issued_at=now, expires_at=exp, auth_time=claims.get("auth_time"),
-                acr=assurance.acr, amr=" ".join(assurance.amr) or None, sid=assurance.sid,
-                family_id=family_id, family_expires_at=family_expires_at)
+    row = tokens.NewToken(jti=jti, access_hash=tokens.sha256(access_token), client_id=client.client_id,
+                          account_id=account.id, grant_type=GRANT, scope=scope, audience=audience, issued_at=now,
+                          expires_at=exp, auth_time=claims.get("auth_time"), acr=assurance.acr,
+                          amr=" ".join(assurance.amr) or None, sid=assurance.sid, family_id=family_id,
+                          family_expires_at=family_expires_at)
     if include_refresh and now < family_expires_at:
         refresh = secrets.token_urlsafe(32)
         token["refresh_token"] = refresh
