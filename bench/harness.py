@@ -587,7 +587,7 @@ class Bench:
             "software": software(),
             "idp_configuration": {
                 "deployment": "DEPLOYMENT=test with production settings: PostgreSQL, Redis, argon2id defaults, "
-                              "secure cookies, JSON logs with one line per request, 48-character random secrets; "
+                              "secure cookies, JSON logs (no line per request: production's default), 48-character random secrets; "
                               "issuer http://127.0.0.1:<port> (production refuses a non-https issuer); "
                               "limits per line and per client address raised (one address carries every person)",
                 "argon2id": getattr(self, "argon2", None),

@@ -49,6 +49,8 @@ def test_a_complete_production_configuration_is_accepted(keys_dir):
     ({"DATABASE_URL": "sqlite:///x.db"}, "PostgreSQL"),
     ({"REDIS_URL": ""}, "Redis"),
     ({"COOKIE_SECURE": False}, "COOKIE_SECURE"),
+    ({"PASSWORD_ARGON2_TIME_COST": 1, "PASSWORD_ARGON2_MEMORY_COST": 19456}, "OWASP"),
+    ({"PASSWORD_ARGON2_TIME_COST": 2, "PASSWORD_ARGON2_MEMORY_COST": 8192}, "OWASP"),
 ])
 def test_production_refuses_development_settings(keys_dir, change, complaint):
     with pytest.raises(ConfigError, match=complaint):
@@ -58,3 +60,17 @@ def test_production_refuses_development_settings(keys_dir, change, complaint):
 def test_unknown_deployment_is_refused(keys_dir):
     with pytest.raises(ConfigError):
         create_app({"DEPLOYMENT": "staging", "KEYS_DIR": keys_dir})
+
+
+@pytest.mark.parametrize("time_cost,memory_kib", [(1, 47104), (2, 19456), (3, 12288), (4, 9216), (5, 7168),
+                                                   (9, 7168), (3, 65536)])
+def test_production_accepts_argon2id_at_owasps_minimum_or_above(keys_dir, time_cost, memory_kib):
+    create_app(dict(GOOD_PRODUCTION, KEYS_DIR=keys_dir, PASSWORD_ARGON2_TIME_COST=time_cost,
+                    PASSWORD_ARGON2_MEMORY_COST=memory_kib))
+
+
+def test_the_default_password_cost_is_owasps_first_recommendation():
+    from idp.config import DEFAULTS, argon2_at_least_owasp
+    assert (DEFAULTS["PASSWORD_ARGON2_TIME_COST"], DEFAULTS["PASSWORD_ARGON2_MEMORY_COST"],
+            DEFAULTS["PASSWORD_ARGON2_PARALLELISM"]) == (1, 47104, 1)
+    assert argon2_at_least_owasp(1, 47104) and not argon2_at_least_owasp(1, 47103)

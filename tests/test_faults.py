@@ -360,7 +360,8 @@ def _account_pages(rig, cookies, count: int = 24) -> list[int]:
 @pytest.mark.parametrize("dependency", ["redis", "pg"])
 def test_a_dependency_restarting_between_requests_costs_no_request(rig, dependency):
     """Redis or PostgreSQL restarts (every connection drops) while the workers are idle: the next requests
-    must not fail on the dead pooled connections (PostgreSQL: pool_pre_ping; Redis: one reconnect)."""
+    must not fail on the dead pooled connections (PostgreSQL: their sockets show it, idp/database.py; Redis: one
+    reconnect)."""
     line = new_account(rig)
     person = rig.browser()
     person.log_in(rig.rp, line, PASSWORD)

@@ -41,7 +41,7 @@ CREDENTIALS = {"password": "Girasole-Lento-73", "confirm": "Girasole-Lento-73", 
 @pytest.fixture
 def server(make_app):
     pool = {"pool_size": RACERS + 10, "max_overflow": 0, "pool_timeout": 60}
-    pool.update({"pool_pre_ping": True} if DATABASE_URL else {"connect_args": {"timeout": 30}})
+    pool.update({"connect_args": {"connect_timeout": 5}} if DATABASE_URL else {"connect_args": {"timeout": 30}})
     port = free_port()
     app = make_app(ISSUER=f"http://127.0.0.1:{port}", SQLALCHEMY_ENGINE_OPTIONS=pool,
                    OTP_SENDS_PER_HOUR_DESTINATION=1000, OTP_TRIES_PER_HOUR_DESTINATION=1000,
