@@ -128,6 +128,11 @@ def fetch(statement, params: dict) -> list[tuple]:
 def execute(statement, params: dict) -> int:
     """Run one INSERT/UPDATE/DELETE on its own, in autocommit (atomic by itself): one round trip. Rows affected.
 
-    It does not see the ORM session's uncommitted work; on SQLite a session holding a write lock would block it,
-    so callers commit their session first."""
+    Work the ORM session has in progress is committed first: a request writes through the session and through
+    here one after the other, never interleaved in one transaction (on SQLite this connection would otherwise
+    wait behind the session's own lock)."""
+    if db.session.registry.has():
+        session = db.session()
+        if session.in_transaction():
+            session.commit()
     return _run(statement, params, rows=False)

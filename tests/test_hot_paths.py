@@ -16,7 +16,8 @@ class RoundTrips:
     transaction control and pool ping. PostgreSQL: libpq's protocol trace, one round trip per ReadyForQuery,
     named by the server's command tag ("SELECT", "INSERT", "BEGIN", "COMMIT"…; "PREPARE" for psycopg's one-time
     preparation of a statement on a connection, not counted). SQLite: the connection's statement trace (PRAGMAs
-    left out: SQLAlchemy's isolation-level reset, in-process)."""
+    left out: SQLAlchemy's isolation-level reset, in-process). ``trips`` is sorted: connections trace on their own,
+    so their order across connections is not kept."""
 
     def __init__(self, app):
         self.app, self.traced, self.sqlite = app, [], []
@@ -49,8 +50,8 @@ class RoundTrips:
             elif not connection.closed:
                 pgconn.untrace()
         self.trace_file.seek(0)
-        self.trips = self._postgres(self.trace_file.read()) + [
-            statement.split()[0].upper() for statement in self.sqlite if not statement.upper().startswith("PRAGMA")]
+        self.trips = sorted(self._postgres(self.trace_file.read()) + [
+            statement.split()[0].upper() for statement in self.sqlite if not statement.upper().startswith("PRAGMA")])
         self.trace_file.close()
 
     @staticmethod
@@ -109,6 +110,34 @@ def test_introspection_is_one_select(warm):
     assert response.json["active"] is True
     assert database.trips == ["SELECT"]
 
+
+
+def test_code_redemption_is_one_select_and_one_insert(warm):
+    app, client, rp, _tokens = warm
+    journey = Journey(client, rp)
+    code = journey.login_and_get_code(scope="openid phone")["code"]
+    with RoundTrips(app) as database:
+        response = journey.redeem(code)
+    assert response.status_code == 200 and "id_token" in response.json
+    assert database.trips == ["INSERT", "SELECT"]  # the person (with customer and SIMs), the new row
+
+
+def test_refresh_is_a_lookup_a_claim_and_an_insert(warm):
+    app, client, rp, tokens = warm
+    with RoundTrips(app) as database:
+        response = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+                               headers=basic(rp.client_id, rp.secret))
+    assert response.status_code == 200
+    assert database.trips == ["INSERT", "SELECT", "UPDATE"]  # the token and its person; used; the new pair
+
+
+def test_revoking_a_refresh_token_is_a_lookup_and_one_update(warm):
+    app, client, rp, tokens = warm
+    with RoundTrips(app) as database:
+        response = client.post("/revoke", data={"token": tokens["refresh_token"]},
+                               headers=basic(rp.client_id, rp.secret))
+    assert response.status_code == 200
+    assert database.trips == ["SELECT", "UPDATE"]  # the token; its whole family
 
 def test_keys_are_not_reimported_per_request(warm, monkeypatch):
     app, client, rp, _tokens = warm

@@ -20,7 +20,7 @@ from authlib.oidc.core.grants import OpenIDCode, OpenIDToken
 from authlib.oidc.core.util import create_half_hash
 from flask import current_app
 
-from .. import accounts, gateway, sessions, signals
+from .. import gateway, sessions, signals
 from ..store import store
 from . import tokens
 from .clients import NETWORK_GRANT
@@ -135,7 +135,7 @@ class AuthorizationCodeGrant(IssuingMixin, grants.AuthorizationCodeGrant):
 
     def authenticate_user(self, authorization_code: CodeRecord):
         self.request.login_context = authorization_code.login_context()
-        return accounts.active_by_id(authorization_code.account_id)
+        return tokens.active_person(authorization_code.account_id)
 
     def create_token_response(self):
         result = super().create_token_response()
@@ -148,7 +148,7 @@ class RefreshTokenGrant(IssuingMixin, grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token):
-        row = tokens.find_refresh(refresh_token)
+        row = tokens.find_refresh_token(refresh_token)
         if row is None:
             return None
         if row.refresh_used_at is not None and row.revoked_at is None:
@@ -160,7 +160,8 @@ class RefreshTokenGrant(IssuingMixin, grants.RefreshTokenGrant):
 
     def authenticate_user(self, refresh_token):
         self.request.login_context = tokens.context_of(refresh_token)
-        return accounts.active_by_id(refresh_token.account_id)
+        person = refresh_token.person  # read with the token, in the same statement
+        return person if person is not None and person.is_active else None
 
     def create_token_response(self):
         row = self.request.refresh_token

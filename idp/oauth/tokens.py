@@ -77,7 +77,7 @@ def new_family(auth_time: int, acr: str, amr: list[str], sid: str | None) -> Log
                         family_expires_at=int(time.time()) + ttl)
 
 
-def context_of(row: Token) -> LoginContext:
+def context_of(row) -> LoginContext:
     return LoginContext(auth_time=row.auth_time, acr=row.acr, amr=(row.amr or "").split(), sid=row.sid,
                         family_id=row.family_id, family_expires_at=row.family_expires_at)
 
@@ -147,11 +147,7 @@ _INSERT_TOKEN = Token.__table__.insert().values({key: bindparam(key) for key in 
 
 
 def save(row: NewToken) -> None:
-    """Insert the row with one INSERT in autocommit (the ORM unit of work costs more than the insert itself).
-
-    What the grant did in the session before (a code's account read, a refresh token claimed) is committed first."""
-    if db.session.registry.has() and db.session().in_transaction():
-        db.session.commit()
+    """Insert the row with one INSERT in autocommit (the ORM unit of work costs more than the insert itself)."""
     database.execute(_INSERT_TOKEN, {key: getattr(row, key) for key in _TOKEN_COLUMNS})
     observability.count_token(row.grant_type)
 
@@ -199,23 +195,23 @@ def confirm_family_alive(family_id: str) -> None:
 
 # refresh tokens -------------------------------------------------------------------------------------------------
 
-def find_refresh(refresh_token: str) -> Token | None:
-    if not refresh_token or len(refresh_token) > 200:
-        return None
-    return db.session.scalar(select(Token).where(Token.refresh_hash == sha256(refresh_token)))
+_t = Token.__table__
+_CLAIM_REFRESH = (update(_t).where(_t.c.id == bindparam("row_id"), _t.c.refresh_used_at.is_(None),
+                                   _t.c.revoked_at.is_(None)).values(refresh_used_at=bindparam("now")))
+_REVOKE_FAMILY = (update(_t).where(_t.c.family_id == bindparam("family_id"), _t.c.revoked_at.is_(None))
+                  .values(revoked_at=bindparam("now")))
+_REVOKE_ROW = update(_t).where(_t.c.id == bindparam("row_id"), _t.c.revoked_at.is_(None)).values(
+    revoked_at=bindparam("now"))
+_REVOKE_ACCESS = update(_t).where(_t.c.id == bindparam("row_id"), _t.c.access_revoked_at.is_(None)).values(
+    access_revoked_at=bindparam("now"))
 
 
-def claim_refresh(row: Token) -> bool:
-    """Mark the refresh token used, atomically: exactly one of concurrent presentations gets True."""
-    now = int(time.time())
-    result = db.session.execute(
-        update(Token).where(Token.id == row.id, Token.refresh_used_at.is_(None), Token.revoked_at.is_(None))
-        .values(refresh_used_at=now))
-    db.session.commit()
-    return result.rowcount == 1
+def claim_refresh(row) -> bool:
+    """Mark the refresh token used, atomically (one UPDATE): exactly one of concurrent presentations gets True."""
+    return database.execute(_CLAIM_REFRESH, {"row_id": row.id, "now": int(time.time())}) == 1
 
 
-def refresh_usable(row: Token) -> bool:
+def refresh_usable(row) -> bool:
     now = int(time.time())
     return (row.revoked_at is None and row.refresh_used_at is None and row.refresh_expires_at is not None
             and row.refresh_expires_at > now)
@@ -225,24 +221,18 @@ def refresh_usable(row: Token) -> bool:
 
 def revoke_family(family_id: str) -> None:
     store().put("family-revoked:" + family_id, 1, int(current_app.config["REFRESH_FAMILY_TTL"]))
-    db.session.execute(update(Token).where(Token.family_id == family_id, Token.revoked_at.is_(None))
-                       .values(revoked_at=int(time.time())))
-    db.session.commit()
+    database.execute(_REVOKE_FAMILY, {"family_id": family_id, "now": int(time.time())})
 
 
-def revoke(row: Token) -> None:
+def revoke(row) -> None:
     if row.family_id and row.refresh_hash:
         revoke_family(row.family_id)  # RFC 7009 §2.1: a refresh token takes its grant's access tokens along
         return
-    db.session.execute(update(Token).where(Token.id == row.id, Token.revoked_at.is_(None))
-                       .values(revoked_at=int(time.time())))
-    db.session.commit()
+    database.execute(_REVOKE_ROW, {"row_id": row.id, "now": int(time.time())})
 
 
-def revoke_access(row: Token) -> None:
-    db.session.execute(update(Token).where(Token.id == row.id, Token.access_revoked_at.is_(None))
-                       .values(access_revoked_at=int(time.time())))
-    db.session.commit()
+def revoke_access(row) -> None:
+    database.execute(_REVOKE_ACCESS, {"row_id": row.id, "now": int(time.time())})
 
 
 def revoke_account_tokens(account_id: int) -> None:
@@ -294,6 +284,9 @@ class Person:
     @property
     def is_active(self) -> bool:
         return self.status == "active"
+
+    def get_user_id(self) -> str:  # Authlib's user interface, as Account's
+        return self.public_id
 
 
 _FOUND_COLUMNS = ("id", "jti", "client_id", "account_id", "grant_type", "scope", "audience", "issued_at",
@@ -348,6 +341,32 @@ def _found_select(key_column):
                          .outerjoin(lines, lines.c.id == links.c.line_id))
             .where(key_column == bindparam("digest"))
             .order_by(links.c.slot))
+
+
+def _person_select():
+    accounts_, customers_, links, lines = Account.__table__, Customer.__table__, AccountLine.__table__, Line.__table__
+    return (select(accounts_.c.id, accounts_.c.public_id, accounts_.c.username, accounts_.c.email,
+                   accounts_.c.email_verified, accounts_.c.role, accounts_.c.status, customers_.c.code,
+                   customers_.c.name, lines.c.msisdn)
+            .select_from(accounts_.join(customers_, customers_.c.id == accounts_.c.customer_id)
+                         .outerjoin(links, links.c.account_id == accounts_.c.id)
+                         .outerjoin(lines, lines.c.id == links.c.line_id))
+            .where(accounts_.c.id == bindparam("account_id"))
+            .order_by(links.c.slot))
+
+
+_PERSON = _person_select()
+
+
+def active_person(account_id: int) -> Person | None:
+    """The active account a grant issues to, read with its customer and SIMs in one statement (no ORM)."""
+    rows = database.fetch(_PERSON, {"account_id": account_id})
+    if not rows:
+        return None
+    first = rows[0]
+    person = Person(first[0], *first[1:4], bool(first[4]), *first[5:9],
+                    tuple(row[-1] for row in rows if row[-1] is not None))
+    return person if person.is_active else None
 
 
 _BY_ACCESS_HASH = _found_select(Token.__table__.c.access_hash)
