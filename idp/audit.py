@@ -1,7 +1,8 @@
 """The audit log (SPEC §5; issue 4 point 4): the one receiver of ``signals.security_event``.
 
-Each event becomes an ``AuditEvent`` row written on its own connection and transaction, so an event is recorded
-even when the request's own work is rolled back, and recording never commits the request's pending changes.
+Each event becomes an ``AuditEvent`` row written by one INSERT in autocommit on its own connection
+(``database.execute(beside_session=True)``), so an event is recorded even when the request's own work is rolled
+back, and recording never commits the request's pending changes.
 Lines are stored masked; client address, user agent and a correlation id (the request's ``X-Request-ID`` when it
 is well formed, otherwise a fresh one) come from the request. Details are filtered: no key that looks like a
 secret ever reaches the table.
@@ -15,9 +16,9 @@ import secrets
 from datetime import datetime
 
 from flask import current_app, g, has_request_context, request
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, select
 
-from . import msisdn, signals
+from . import database, msisdn, signals
 from .extensions import db
 from .models import AuditEvent, utcnow
 
@@ -39,15 +40,19 @@ def _safe(details: dict) -> dict:
             and isinstance(v, (str, int, float, bool, type(None)))}
 
 
+_COLUMNS = tuple(column.key for column in AuditEvent.__table__.columns if column.key != "id")
+_INSERT_EVENT = AuditEvent.__table__.insert().values({key: bindparam(key) for key in _COLUMNS})
+
+
 def record(event: str, outcome: str, account_id=None, line=None, client_id=None, details=None) -> None:
     row = {"type": event, "occurred_at": utcnow(), "outcome": outcome, "account_id": account_id,
            "masked_line": msisdn.mask(line) if line else None, "client_id": client_id,
-           "correlation_id": correlation_id(), "details": _safe(details or {})}
+           "correlation_id": correlation_id(), "details": _safe(details or {}), "client_address": None,
+           "user_agent": None}
     if has_request_context():
         row["client_address"] = request.remote_addr
         row["user_agent"] = (request.user_agent.string or "")[:300]
-    with db.engine.begin() as connection:
-        connection.execute(insert(AuditEvent).values(**row))
+    database.execute(_INSERT_EVENT, row, beside_session=True)  # one INSERT in autocommit, on its own connection
 
 
 def _receive(event, **kwargs):

@@ -5,9 +5,10 @@ The hot endpoints need one statement each: userinfo and introspection a lookup, 
 Through the ORM session each costs BEGIN, the statement and ROLLBACK or COMMIT — three round trips — plus the
 session, connection and result machinery: ~230 µs of CPU per lookup here against ~75 µs for the statement alone.
 ``fetch`` and ``execute`` run one statement on a pooled connection in autocommit (one round trip; a single
-statement is atomic on its own), compiled once per engine. Parameters and results are plain ``str``/``int``/
-``None`` (SQLite gives booleans as 0/1). Errors come out as SQLAlchemy's (``OperationalError`` …) so the 503
-handlers treat them as they treat the ORM's, and a connection that failed by disconnecting leaves the pool.
+statement is atomic on its own), compiled once per engine. Parameters go through their column types' bind
+processors (JSON, dates); rows come back as the driver gives them (SQLite gives booleans as 0/1). Errors come out
+as SQLAlchemy's (``OperationalError`` …), so the 503 handlers treat them as they treat the ORM's, and a connection
+that failed by disconnecting leaves the pool.
 
 Pool pre-ping (a ``SELECT 1`` round trip on every checkout) is replaced by a look at the socket: an idle
 PostgreSQL connection is sent nothing, so a socket with something to read — the server's termination notice or
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import select
 import threading
+from dataclasses import dataclass
 
 from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool
@@ -62,29 +64,48 @@ def _replace_dropped(dbapi_connection, connection_record, connection_proxy) -> N
 
 # one statement in autocommit --------------------------------------------------------------------------------------
 
-_compiled: dict[tuple[int, str], tuple[str, tuple[str, ...] | None]] = {}
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    order: tuple[str, ...] | None  # parameter names in order, for positional parameter styles (SQLite)
+    constants: dict  # values written in the statement itself (``status == "active"``)
+    processors: tuple  # (name, the type's bind processor) where the dialect needs one (JSON, DateTime…)
+
+
+_compiled: dict[tuple[int, str], _Compiled] = {}
 _compiled_lock = threading.Lock()
 
 
-def _compile(statement, dialect) -> tuple[str, tuple[str, ...] | None]:
-    """The statement's SQL for this dialect and, for positional parameter styles, the parameters' order.
-
-    Statements are module-level constants, so ``id`` identifies them for the process's life."""
+def _compile(statement, dialect) -> _Compiled:
+    """The statement compiled for this dialect, once. Statements are module-level constants, so ``id`` identifies
+    them for the process's life."""
     key = (id(statement), dialect.name)
     found = _compiled.get(key)
     if found is None:
         compiled = statement.compile(dialect=dialect)
-        found = (str(compiled), tuple(compiled.positiontup) if compiled.positional else None)
+        processors = tuple((name, processor) for name, bind in compiled.binds.items()
+                           if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None)
+        found = _Compiled(str(compiled), tuple(compiled.positiontup) if compiled.positional else None,
+                          {name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required},
+                          processors)
         with _compiled_lock:
             _compiled[key] = found
     return found
 
 
+def _arguments(compiled: _Compiled, params: dict):
+    values = {**compiled.constants, **params} if compiled.constants else dict(params)
+    for name, processor in compiled.processors:
+        if values.get(name) is not None:
+            values[name] = processor(values[name])
+    return tuple(values[name] for name in compiled.order) if compiled.order is not None else values
+
+
 def _run(statement, params: dict, rows: bool):
     engine = db.engine
     dialect = engine.dialect
-    sql, order = _compile(statement, dialect)
-    args = tuple(params[name] for name in order) if order is not None else params
+    compiled = _compile(statement, dialect)
+    sql, args = compiled.sql, _arguments(compiled, params)
     dbapi_error = dialect.loaded_dbapi.Error
     try:
         connection = engine.raw_connection()
@@ -125,13 +146,14 @@ def fetch(statement, params: dict) -> list[tuple]:
     return _run(statement, params, rows=True)
 
 
-def execute(statement, params: dict) -> int:
+def execute(statement, params: dict, *, beside_session: bool = False) -> int:
     """Run one INSERT/UPDATE/DELETE on its own, in autocommit (atomic by itself): one round trip. Rows affected.
 
     Work the ORM session has in progress is committed first: a request writes through the session and through
     here one after the other, never interleaved in one transaction (on SQLite this connection would otherwise
-    wait behind the session's own lock)."""
-    if db.session.registry.has():
+    wait behind the session's own lock). ``beside_session`` leaves that work pending instead, for a record that
+    must stand whatever becomes of it (the audit log)."""
+    if not beside_session and db.session.registry.has():
         session = db.session()
         if session.in_transaction():
             session.commit()

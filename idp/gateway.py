@@ -150,16 +150,9 @@ def _identify() -> NetworkIdentity | None:
 
 
 def eligible_account(identity: NetworkIdentity | None):
-    """The active employee account the identified line is associated with, if the line is active; else None.
-
-    Unknown and ineligible lines run the same single query, so they take the same time.
-    """
+    """The active employee the identified line is associated with, if the line is active (a ``people.Person``);
+    else None. Unknown and ineligible lines run the same single query, so they take the same time."""
     if identity is None:
         return None
-    from sqlalchemy import select
-    from .extensions import db
-    from .models import Account, AccountLine, Line
-    return db.session.scalar(
-        select(Account).join(AccountLine, AccountLine.account_id == Account.id).join(Line, Line.id == AccountLine.line_id)
-        .where(Line.msisdn == identity.msisdn, Line.status == "active", Account.status == "active",
-               Account.role == "employee"))
+    from . import people
+    return people.eligible_for_network(identity.msisdn)

@@ -89,7 +89,7 @@ class Account(db.Model):
     def is_active(self) -> bool:
         return self.status == "active"
 
-    # what ``scopes.account_claims`` reads, named as on ``tokens.Person`` (the same data read without the ORM)
+    # what ``scopes.account_claims`` reads, named as on ``people.Person`` (the same data read without the ORM)
     @property
     def customer_code(self) -> str:
         return self.customer.code

@@ -20,7 +20,7 @@ from authlib.oidc.core.grants import OpenIDCode, OpenIDToken
 from authlib.oidc.core.util import create_half_hash
 from flask import current_app
 
-from .. import gateway, sessions, signals
+from .. import gateway, people, sessions, signals
 from ..store import store
 from . import tokens
 from .clients import NETWORK_GRANT
@@ -135,7 +135,7 @@ class AuthorizationCodeGrant(IssuingMixin, grants.AuthorizationCodeGrant):
 
     def authenticate_user(self, authorization_code: CodeRecord):
         self.request.login_context = authorization_code.login_context()
-        return tokens.active_person(authorization_code.account_id)
+        return people.active(authorization_code.account_id)
 
     def create_token_response(self):
         result = super().create_token_response()

@@ -23,7 +23,7 @@ AMR = {ACR_NETWORK: ["mno"], ACR_PASSWORD: ["pwd"], ACR_PASSWORD_QUESTION: ["pwd
 
 
 def account_claims(account, scopes: set[str]) -> dict:
-    """The claims of ``scopes`` about a person: an ``Account`` or a ``tokens.Person`` (the same attributes)."""
+    """The claims of ``scopes`` about a person: an ``Account`` or a ``people.Person`` (the same attributes)."""
     claims: dict = {"sub": account.public_id}
     if "phone" in scopes:
         claims["phone_number"] = account.username

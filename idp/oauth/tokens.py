@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from flask import current_app
 from sqlalchemy import and_, bindparam, func, or_, select, update
 
-from .. import database, observability, signals
+from .. import database, observability, people, signals
 from ..extensions import db
 from ..keystore import keyring
-from ..models import Account, AccountLine, Customer, Line, Token
+from ..models import Token
 from ..store import store
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -267,28 +267,6 @@ def revoke_client_tokens(client_id: str) -> None:
 
 # finding tokens: the row and its person in one statement ----------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Person:
-    """The account a token represents, as ``scopes.account_claims`` reads it (the attributes of ``Account``)."""
-    id: int
-    public_id: str
-    username: str
-    email: str | None
-    email_verified: bool
-    role: str
-    status: str
-    customer_code: str
-    customer_name: str
-    line_numbers: tuple[str, ...]
-
-    @property
-    def is_active(self) -> bool:
-        return self.status == "active"
-
-    def get_user_id(self) -> str:  # Authlib's user interface, as Account's
-        return self.public_id
-
-
 _FOUND_COLUMNS = ("id", "jti", "client_id", "account_id", "grant_type", "scope", "audience", "issued_at",
                   "expires_at", "revoked_at", "access_revoked_at", "refresh_hash", "refresh_expires_at",
                   "refresh_used_at", "family_id", "family_expires_at", "sid", "auth_time", "acr", "amr")
@@ -317,7 +295,7 @@ class FoundToken:
     auth_time: int | None
     acr: str | None
     amr: str | None
-    person: Person | None
+    person: people.Person | None
 
     def check_client(self, client) -> bool:
         return self.client_id == client.get_client_id()
@@ -330,43 +308,11 @@ class FoundToken:
 
 
 def _found_select(key_column):
-    tokens_, accounts_, customers_ = Token.__table__, Account.__table__, Customer.__table__
-    links, lines = AccountLine.__table__, Line.__table__
-    return (select(*(tokens_.c[name] for name in _FOUND_COLUMNS), accounts_.c.public_id, accounts_.c.username,
-                   accounts_.c.email, accounts_.c.email_verified, accounts_.c.role, accounts_.c.status,
-                   customers_.c.code, customers_.c.name, lines.c.msisdn)
-            .select_from(tokens_.outerjoin(accounts_, accounts_.c.id == tokens_.c.account_id)
-                         .outerjoin(customers_, customers_.c.id == accounts_.c.customer_id)
-                         .outerjoin(links, links.c.account_id == accounts_.c.id)
-                         .outerjoin(lines, lines.c.id == links.c.line_id))
+    tokens_ = Token.__table__
+    return (select(*(tokens_.c[name] for name in _FOUND_COLUMNS), *people.COLUMNS)
+            .select_from(people.joined_to(tokens_, tokens_.c.account_id))
             .where(key_column == bindparam("digest"))
-            .order_by(links.c.slot))
-
-
-def _person_select():
-    accounts_, customers_, links, lines = Account.__table__, Customer.__table__, AccountLine.__table__, Line.__table__
-    return (select(accounts_.c.id, accounts_.c.public_id, accounts_.c.username, accounts_.c.email,
-                   accounts_.c.email_verified, accounts_.c.role, accounts_.c.status, customers_.c.code,
-                   customers_.c.name, lines.c.msisdn)
-            .select_from(accounts_.join(customers_, customers_.c.id == accounts_.c.customer_id)
-                         .outerjoin(links, links.c.account_id == accounts_.c.id)
-                         .outerjoin(lines, lines.c.id == links.c.line_id))
-            .where(accounts_.c.id == bindparam("account_id"))
-            .order_by(links.c.slot))
-
-
-_PERSON = _person_select()
-
-
-def active_person(account_id: int) -> Person | None:
-    """The active account a grant issues to, read with its customer and SIMs in one statement (no ORM)."""
-    rows = database.fetch(_PERSON, {"account_id": account_id})
-    if not rows:
-        return None
-    first = rows[0]
-    person = Person(first[0], *first[1:4], bool(first[4]), *first[5:9],
-                    tuple(row[-1] for row in rows if row[-1] is not None))
-    return person if person.is_active else None
+            .order_by(people.ORDER_BY))
 
 
 _BY_ACCESS_HASH = _found_select(Token.__table__.c.access_hash)
@@ -378,13 +324,7 @@ def _found(statement, value: str) -> FoundToken | None:
     rows = database.fetch(statement, {"digest": sha256(value)})
     if not rows:
         return None
-    first = rows[0]
-    person = None
-    if first[3] is not None:  # account_id
-        public_id, username, email, verified, role, status, code, name = first[_N:_N + 8]
-        person = Person(first[3], public_id, username, email, bool(verified), role, status, code, name,
-                        tuple(row[-1] for row in rows if row[-1] is not None))
-    return FoundToken(*first[:_N], person=person)
+    return FoundToken(*rows[0][:_N], person=people.from_rows(rows, _N))
 
 
 def _header(value: str) -> dict:
