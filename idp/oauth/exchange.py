@@ -91,6 +91,7 @@ from .. import msisdn, signals
 from ..extensions import db
 from ..keystore import keyring
 from ..models import Account, AccountLine, Line
+from ..people import Person
 from ..store import store
 from . import tokens
 from .grants import CONFIDENTIAL_AUTH_METHODS
@@ -391,7 +392,7 @@ class Presented:
     issuer: str
     claims: dict
     identity: dict  # sub, iss (and client_id) of whoever the token stands for: matched against may_act
-    account: Account | None = None
+    account: Account | Person | None = None  # a Person for our own tokens (read with them), else the row
     scope: set[str] = field(default_factory=set)
     assurance: Assurance | None = None
     expires_at: int = 0
@@ -451,7 +452,7 @@ def _replay_key(issuer: str, claims: dict, value: str) -> str:
     return f"exchange-used:{tokens.sha256(issuer)[:32]}:{what}"
 
 
-def _active_account(account: Account | None, role: str) -> Account:
+def _active_account(account: Account | Person | None, role: str) -> Account | Person:
     if account is None or not account.is_active:
         raise _bad(f"The {role} token's person has no active account here.")
     return account
@@ -463,7 +464,7 @@ def _own_access_token(value: str, role: str, client, policy: Policy) -> Presente
         raise _bad(f"The {role} token is invalid, expired or revoked.")
     claims, row = found
     issued_to = claims.get("client_id")
-    account = db.session.get(Account, row.account_id) if row.account_id is not None else None
+    account = row.person  # read with the token, in the same statement
     if role == "actor":
         if issued_to != client.client_id:
             raise _bad("The actor token was not issued to this client.")

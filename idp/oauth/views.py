@@ -15,7 +15,7 @@ from authlib.oidc.core.errors import LoginRequiredError
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from .. import accounts, sessions
+from .. import accounts, people, sessions
 from ..extensions import csrf
 from ..flows import login
 from . import policy, tokens
@@ -67,7 +67,7 @@ def authorize():
         return render_template("oauth/error.html", error="invalid_request",
                                description=f"Malformed '{bad}' parameter."), 400
     sso = sessions.current()
-    account = accounts.active_by_id(sso.account_id) if sso else None
+    account = people.active(sso.account_id) if sso else None  # one statement, no ORM
     if sso is not None and account is None:
         sessions.end()
         sso = None
