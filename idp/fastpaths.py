@@ -1,20 +1,20 @@
 """Requests answered before Flask (issue 8 point 5; shared/notes/performance.md): the fixed documents, and the
-common case of userinfo, introspection and ``client_credentials``.
+common case of userinfo, introspection, revocation and ``client_credentials``.
 
 Flask's request machinery costs ~110 µs per request on this machine kind, Authlib's token endpoint as much again:
 more than the work these answers need.
 
 - **Discovery and the JWKS** are the same bytes for every request until the configuration or the key folder
   changes: precomputed body, ETag and 304, without routing, request objects or per-request hooks.
-- **Userinfo** (``GET`` with ``Authorization: Bearer``), **introspection** and the **``client_credentials``
-  grant** (``POST`` authenticated with ``client_secret_basic``, a url-encoded body of the usual parameters) — the
-  calls relying parties, resource servers and batch jobs make all day — are answered here with the functions the
-  Flask views and Authlib's grant use (``views.userinfo_claims``, ``endpoints.introspection``,
-  ``grants.client_credentials_scope``, ``tokens.issue``/``save``): the same bytes and headers, counted in the
-  same request metrics. Anything else — another method, authentication or parameter, a malformed header or body,
+- **Userinfo** (``GET`` with ``Authorization: Bearer``), **introspection**, **revocation** and the
+  **``client_credentials`` grant** (``POST`` authenticated with ``client_secret_basic``, a url-encoded body of the
+  usual parameters) — the calls relying parties, resource servers and batch jobs make all day — are answered here
+  with the functions the Flask views, Authlib's endpoints and grant use (``views.userinfo_claims``,
+  ``endpoints.introspection``, ``endpoints.revoke``, ``grants.client_credentials_scope``, ``tokens.issue``/
+  ``save``): the same bytes and headers, counted in the same request metrics. Anything else — another method, authentication or parameter, a malformed header or body,
   an unknown client or a wrong secret, oversized headers, any exception (a database outage included) — goes on to
   Flask with its body intact, where the one implementation of those answers and errors lives. A token is issued
-  only as the last step, so a request never passes on after one was saved.
+  or revoked only as the last step, so a request never passes on after it changed anything.
 """
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ class BeforeFlask:
         self._discovery: tuple[str, bytes, str] | None = None
         self._handlers = {("GET", "/userinfo"): ("oauth.userinfo", self._userinfo),
                           ("POST", "/introspect"): ("oauth.introspect", self._introspection),
-                          ("POST", "/token"): ("oauth.token", self._client_credentials)}
+                          ("POST", "/token"): ("oauth.token", self._client_credentials),
+                          ("POST", "/revoke"): ("oauth.revoke", self._revocation)}
 
     def __call__(self, environ, start_response):
         path, method = environ.get("PATH_INFO"), environ.get("REQUEST_METHOD")
@@ -151,6 +152,21 @@ class BeforeFlask:
         client = self._basic_client(environ, "introspection")
         body = _authlib_json_bytes(introspection(client, form["token"]))
         return 200, body, list(_NO_STORE_JSON)
+
+    def _revocation(self, environ) -> tuple[int, bytes, list]:
+        """RFC 7009: a token of this client is revoked, an unknown one needs nothing (200 either way); another
+        client's token goes on to Flask (400 invalid_grant, as Authlib answers)."""
+        from .oauth.endpoints import find_token, revoke
+        form = self._form(environ, {"token", "token_type_hint"})
+        if not form.get("token"):
+            raise _PassOn
+        client = self._basic_client(environ, "revocation")
+        token = find_token(form["token"], None)
+        if token is not None:
+            if not token.check_client(client):
+                raise _PassOn
+            revoke(token)
+        return 200, b"{}", list(_NO_STORE_JSON)
 
     def _client_credentials(self, environ) -> tuple[int, bytes, list]:
         """Issues a token: nothing may pass on to Flask after ``tokens.save`` (it would issue a second one)."""

@@ -192,3 +192,28 @@ def test_a_client_not_registered_for_client_credentials_goes_to_flask(setup):
         response = client.post("/token", data={"grant_type": "client_credentials"}, headers=basic(rp.client_id,
                                                                                                  rp.secret))
     assert reached == [1] and response.json["error"] == "unauthorized_client"
+
+
+def test_revocation_with_client_secret_basic_is_answered_before_flask_as_authlib_answers(setup):
+    app, client, rp, _rs, tokens = setup
+    with flask_requests(app) as reached:
+        fast = client.post("/revoke", data={"token": tokens["access_token"], "token_type_hint": "access_token"},
+                           headers=basic(rp.client_id, rp.secret))
+    assert reached == [] and fast.status_code == 200 and fast.json == {}
+    assert client.get("/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]}).status_code == 401
+    with flask_requests(app) as reached:  # an extra parameter: Authlib answers, for comparison
+        slow = client.post("/revoke", data={"token": "unknown", "x": "1"}, headers=basic(rp.client_id, rp.secret))
+    assert reached == [1] and slow.status_code == 200
+    assert fast.data == slow.data and headers_of(fast) == headers_of(slow)
+    refreshed = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+                            headers=basic(rp.client_id, rp.secret))
+    assert refreshed.status_code == 200  # revoking the access token alone keeps the grant (RFC 7009 §2.1)
+
+
+def test_revoking_another_clients_token_goes_to_flask_and_is_refused(setup):
+    app, client, _rp, rs, tokens = setup
+    with flask_requests(app) as reached:
+        response = client.post("/revoke", data={"token": tokens["refresh_token"]},
+                               headers=basic(rs.client_id, rs.secret))
+    assert reached == [1] and response.status_code == 400 and response.json["error"] == "invalid_grant"
+    assert client.get("/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]}).status_code == 200

@@ -63,6 +63,12 @@ class _HintTolerant:
             raise InvalidRequestError("Missing 'token'.")
 
 
+def revoke(token: TokenRef) -> None:
+    """RFC 7009 §2.1: a refresh token ends its grant; an access token alone leaves the refresh token usable (also
+    used by ``idp.fastpaths``)."""
+    tokens.revoke(token.row) if token.kind == "refresh_token" else tokens.revoke_access(token.row)
+
+
 class Revocation(_HintTolerant, RevocationEndpoint):
     CLIENT_AUTH_METHODS = ALL_AUTH_METHODS
 
@@ -70,7 +76,7 @@ class Revocation(_HintTolerant, RevocationEndpoint):
         return find_token(token_string, token_type_hint)
 
     def revoke_token(self, token: TokenRef, request):
-        tokens.revoke(token.row) if token.kind == "refresh_token" else tokens.revoke_access(token.row)
+        revoke(token)
 
 
 def introspection(client, value: str) -> dict:
