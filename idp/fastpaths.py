@@ -1,5 +1,5 @@
 """Requests answered before Flask (issue 8 point 5; shared/notes/performance.md): the fixed documents, and the
-common case of userinfo, introspection, revocation and ``client_credentials``.
+common case of userinfo, introspection, revocation, ``client_credentials`` and refresh.
 
 Flask's request machinery costs ~110 µs per request on this machine kind, Authlib's token endpoint as much again:
 more than the work these answers need.
@@ -7,14 +7,17 @@ more than the work these answers need.
 - **Discovery and the JWKS** are the same bytes for every request until the configuration or the key folder
   changes: precomputed body, ETag and 304, without routing, request objects or per-request hooks.
 - **Userinfo** (``GET`` with ``Authorization: Bearer``), **introspection**, **revocation** and the
-  **``client_credentials`` grant** (``POST`` authenticated with ``client_secret_basic``, a url-encoded body of the
-  usual parameters) — the calls relying parties, resource servers and batch jobs make all day — are answered here
-  with the functions the Flask views, Authlib's endpoints and grant use (``views.userinfo_claims``,
-  ``endpoints.introspection``, ``endpoints.revoke``, ``grants.client_credentials_scope``, ``tokens.issue``/
-  ``save``): the same bytes and headers, counted in the same request metrics. Anything else — another method, authentication or parameter, a malformed header or body,
-  an unknown client or a wrong secret, oversized headers, any exception (a database outage included) — goes on to
-  Flask with its body intact, where the one implementation of those answers and errors lives. A token is issued
-  or revoked only as the last step, so a request never passes on after it changed anything.
+  **``client_credentials``** and **``refresh_token``** grants (``POST`` authenticated with ``client_secret_basic``,
+  a url-encoded body of the usual parameters) — the calls relying parties, resource servers and batch jobs make
+  all day — are answered here with the functions the Flask views, Authlib's endpoints and our grants use
+  (``views.userinfo_claims``, ``endpoints.introspection``, ``endpoints.revoke``,
+  ``grants.client_credentials_scope``, ``grants.id_token``, ``tokens.issue``/``claim_refresh``/``save``): the same
+  bytes and headers, counted in the same request metrics. Anything else — another method, authentication or
+  parameter, a malformed header or body, an unknown client or a wrong secret, a used or exchanged refresh token,
+  oversized headers, any exception (a database outage included) — goes on to Flask with its body intact, where
+  the one implementation of those answers and errors lives. A token is issued, claimed or revoked only at the
+  end, so a request does not pass on after it changed anything; a failure after that point is answered here as
+  Flask's handlers would (503 or 500 JSON).
 """
 from __future__ import annotations
 
@@ -55,6 +58,10 @@ class _PassOn(Exception):
     """Not the common case: Flask answers."""
 
 
+class _Failed(Exception):
+    """A failure after the request changed something: answered here, as Flask's error handlers would."""
+
+
 class BeforeFlask:
     FIXED = frozenset(("/.well-known/openid-configuration", "/jwks.json"))
 
@@ -64,7 +71,7 @@ class BeforeFlask:
         self._discovery: tuple[str, bytes, str] | None = None
         self._handlers = {("GET", "/userinfo"): ("oauth.userinfo", self._userinfo),
                           ("POST", "/introspect"): ("oauth.introspect", self._introspection),
-                          ("POST", "/token"): ("oauth.token", self._client_credentials),
+                          ("POST", "/token"): ("oauth.token", self._token),
                           ("POST", "/revoke"): ("oauth.revoke", self._revocation)}
 
     def __call__(self, environ, start_response):
@@ -112,7 +119,7 @@ class BeforeFlask:
         start_response("200 OK", headers)
         return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
-    # userinfo and introspection -------------------------------------------------------------------------------
+    # the common cases ------------------------------------------------------------------------------------------
     def _answer_or_pass_on(self, environ, start_response, endpoint: str, handler):
         started = time.perf_counter()
         with self.app.app_context():
@@ -120,6 +127,8 @@ class BeforeFlask:
                 status, body, headers = handler(environ)
             except _PassOn:
                 return self.wsgi_app(environ, start_response)
+            except _Failed as failed:
+                status, body, headers = self._failure(endpoint, failed.__cause__)
             except Exception as error:  # Flask meets it again and answers: the 503 JSON, or a logged 500
                 if not isinstance(error, _DEPENDENCY_ERRORS):
                     self.app.logger.exception("answering %s before Flask failed; Flask answers", endpoint)
@@ -128,6 +137,17 @@ class BeforeFlask:
         headers += [("Content-Length", str(len(body))), *self._security_headers()]
         start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", headers)
         return [body]
+
+    def _failure(self, endpoint: str, error: BaseException) -> tuple[int, bytes, list]:
+        """The JSON of ``idp._register_handlers`` for a dependency that failed (503), or anything else (500)."""
+        if isinstance(error, _DEPENDENCY_ERRORS):
+            self.app.logger.error("dependency unavailable on %s: %s", endpoint, error.__class__.__name__)
+            body = {"error": "temporarily_unavailable",
+                    "error_description": "The service is temporarily unavailable; retry shortly."}
+            return 503, json.dumps(body).encode(), [("Content-Type", "application/json"), ("Retry-After", "5"),
+                                                    ("Cache-Control", "no-store")]
+        self.app.logger.error("unhandled error on %s", endpoint, exc_info=error)
+        return 500, b'{"error": "server_error"}', [("Content-Type", "application/json")]
 
     def _userinfo(self, environ) -> tuple[int, bytes, list]:
         from .oauth.views import UserinfoRefused, bearer_challenge, userinfo_claims
@@ -168,15 +188,21 @@ class BeforeFlask:
             revoke(token)
         return 200, b"{}", list(_NO_STORE_JSON)
 
-    def _client_credentials(self, environ) -> tuple[int, bytes, list]:
+    def _token(self, environ) -> tuple[int, bytes, list]:
+        form = self._form(environ, {"grant_type", "scope", "refresh_token"})
+        grant_type = form.get("grant_type")
+        if grant_type == "client_credentials" and "refresh_token" not in form:
+            return self._client_credentials(environ, form)
+        if grant_type == "refresh_token" and form.get("refresh_token"):
+            return self._refresh(environ, form)
+        raise _PassOn
+
+    def _client_credentials(self, environ, form: dict) -> tuple[int, bytes, list]:
         """Issues a token: nothing may pass on to Flask after ``tokens.save`` (it would issue a second one)."""
         from authlib.oauth2 import OAuth2Error
 
         from .oauth import tokens
         from .oauth.grants import client_credentials_scope
-        form = self._form(environ, {"grant_type", "scope"})
-        if form.get("grant_type") != "client_credentials":
-            raise _PassOn
         client = self._basic_client(environ, "token")
         if not client.check_grant_type("client_credentials"):
             raise _PassOn
@@ -187,6 +213,40 @@ class BeforeFlask:
         token, row = tokens.issue(client, "client_credentials", scope)
         body = _authlib_json_bytes(token)
         tokens.save(row)
+        return 200, body, list(_NO_STORE_JSON)
+
+    def _refresh(self, environ, form: dict) -> tuple[int, bytes, list]:
+        """Refresh rotation (RFC 6749 §6) as ``grants.RefreshTokenGrant`` does it, for a usable token of this
+        client; a used, revoked, expired or exchanged token goes on to Flask (reuse detection lives there). The new
+        pair and ID token are made first; then the old token is claimed (atomically: a lost race goes on to Flask,
+        which meets a used token); after the claim nothing passes on: a failure is answered here."""
+        from authlib.oauth2.rfc6749 import scope_to_list
+
+        from .oauth import tokens
+        from .oauth.exchange import GRANT as EXCHANGE_GRANT
+        from .oauth.grants import id_token
+        client = self._basic_client(environ, "token")
+        if not client.check_grant_type("refresh_token"):
+            raise _PassOn
+        row = tokens.find_refresh_token(form["refresh_token"])
+        if row is None or row.grant_type == EXCHANGE_GRANT or not tokens.refresh_usable(row) \
+                or not row.check_client(client) or row.person is None or not row.person.is_active:
+            raise _PassOn
+        scope = form.get("scope") or row.scope
+        if form.get("scope") and not (row.scope and set(scope_to_list(scope)) <= set(scope_to_list(row.scope))):
+            raise _PassOn
+        login = tokens.context_of(row)
+        token, new_row = tokens.issue(client, "refresh_token", scope, account=row.person, login=login,
+                                      include_refresh=True)
+        if "openid" in (scope_to_list(token.get("scope")) or []):
+            token["id_token"] = id_token(token, client, login, row.person)
+        body = _authlib_json_bytes(token)
+        if not tokens.claim_refresh(row):
+            raise _PassOn
+        try:
+            tokens.save(new_row)
+        except Exception as error:
+            raise _Failed(error) from error
         return 200, body, list(_NO_STORE_JSON)
 
     @staticmethod

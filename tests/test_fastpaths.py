@@ -217,3 +217,48 @@ def test_revoking_another_clients_token_goes_to_flask_and_is_refused(setup):
                                headers=basic(rs.client_id, rs.secret))
     assert reached == [1] and response.status_code == 400 and response.json["error"] == "invalid_grant"
     assert client.get("/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]}).status_code == 200
+
+
+def _refresh(client, rp, refresh_token, **extra):
+    return client.post("/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token, **extra},
+                       headers=basic(rp.client_id, rp.secret))
+
+
+def test_refresh_with_client_secret_basic_is_rotated_before_flask_as_authlib_rotates_it(setup):
+    app, client, rp, _rs, tokens = setup
+    with flask_requests(app) as reached:
+        fast = _refresh(client, rp, tokens["refresh_token"])
+    assert reached == [] and fast.status_code == 200
+    with flask_requests(app) as reached:  # an extra parameter: Authlib's grant, for comparison
+        slow = _refresh(client, rp, fast.json["refresh_token"], x="1")
+    assert reached == [1] and slow.status_code == 200
+    assert list(fast.json) == list(slow.json) == ["access_token", "expires_in", "id_token", "refresh_token", "scope",
+                                                  "token_type"]
+    assert headers_of(fast) | {"Content-Length": None} == headers_of(slow) | {"Content-Length": None}
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+    keys = KeySet.import_key_set(client.get("/jwks.json").json)
+    fast_id, slow_id = (jwt.decode(r.json["id_token"], keys).claims for r in (fast, slow))
+    for name in ("iss", "sub", "aud", "auth_time", "acr", "amr", "sid", "phone_number", "email"):
+        assert fast_id.get(name) == slow_id.get(name), name
+    assert client.get("/userinfo", headers={"Authorization": "Bearer " + fast.json["access_token"]}).status_code == 200
+
+
+def test_a_rotated_refresh_token_presented_again_goes_to_flask_and_ends_the_family(setup):
+    app, client, rp, _rs, tokens = setup
+    rotated = _refresh(client, rp, tokens["refresh_token"]).json
+    with flask_requests(app) as reached:
+        again = _refresh(client, rp, tokens["refresh_token"])
+    assert reached == [1] and again.status_code == 400 and again.json["error"] == "invalid_grant"
+    assert client.get("/userinfo", headers={"Authorization": "Bearer " + rotated["access_token"]}).status_code == 401
+    assert _refresh(client, rp, rotated["refresh_token"]).status_code == 400
+
+
+def test_refresh_scopes_narrow_before_flask_and_a_wider_one_goes_to_flask(setup):
+    app, client, rp, _rs, tokens = setup
+    with flask_requests(app) as reached:
+        narrowed = _refresh(client, rp, tokens["refresh_token"], scope="openid phone")
+    assert reached == [] and narrowed.status_code == 200 and narrowed.json["scope"] == "openid phone"
+    with flask_requests(app) as reached:
+        wider = _refresh(client, rp, narrowed.json["refresh_token"], scope="openid phone nonsense")
+    assert reached == [1] and wider.status_code == 400 and wider.json["error"] == "invalid_scope"

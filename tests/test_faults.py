@@ -707,6 +707,21 @@ def test_sim_association_cut_in_the_middle_of_the_final_post(rig):
     assert _sims(rig, line) == [line, second]
 
 
+def test_a_refresh_cut_before_its_new_tokens_are_stored_answers_503_and_issues_nothing(rig):
+    """The refresh grant (answered before Flask, idp/fastpaths.py) claims the old token, then inserts the new
+    pair: PostgreSQL dies as the INSERT goes out. The answer is the 503 JSON, answered there and not passed on to
+    Flask (which would have met a used token and ended the family), and no token was issued."""
+    line = new_account(rig)
+    person = rig.browser()
+    issued = person.tokens(rig.rp, *person.log_in(rig.rp, line, PASSWORD)).json()
+    rig.pg.cut_on(b"INSERT INTO tokens")
+    response = person.refresh(rig.rp, issued["refresh_token"])
+    assert rig.pg.triggered.is_set()
+    assert_unavailable_json(response)
+    rig.pg.restore()
+    assert wait_ready(rig)
+    assert "temporarily_unavailable" in response.text and "access_token" not in response.text
+
 def test_a_pooled_connection_the_server_closed_is_replaced_without_a_round_trip(rig):
     """No pool pre-ping (a SELECT 1 round trip per checkout, issue 8): a pooled connection whose server side has
     gone (terminated here as a restart does) has a readable socket while idle; idp/database.py replaces it at

@@ -1,8 +1,8 @@
 """Revocation (RFC 7009), introspection (RFC 7662) and RP-initiated logout (OIDC RP-Initiated Logout 1.0).
 
 Both token endpoints accept either kind of token we issue, each found by its hash with its person in one
-statement (``tokens.find_access``, ``tokens.find_refresh_token``): a JWT access token or a refresh token. Public clients may revoke their own tokens.
-Introspection answers about a client's own tokens, or about any token for clients registered as resource
+statement (``tokens.find_access``, ``tokens.find_refresh_token``): a JWT access token or a refresh token. Public
+clients may revoke their own tokens. Introspection answers about a client's own tokens, or about any token for clients registered as resource
 servers (``may_introspect``); anything else is ``{"active": false}``.
 """
 from __future__ import annotations

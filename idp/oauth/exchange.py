@@ -15,8 +15,8 @@ presented.
 **Subject tokens.**
 
 - Our own **access tokens**: found by their hash (byte for byte one we issued, of a key not revoked), not
-  expired, not revoked, through ``tokens.active_access_token``. They must have been issued to the exchanging client, name it in their
-  ``aud``, or have been issued to a client its policy names (``subject_clients``). They must represent a
+  expired, not revoked, through ``tokens.active_access_token``. They must have been issued to the exchanging
+  client, name it in their ``aud``, or have been issued to a client its policy names (``subject_clients``). They must represent a
   person: a ``client_credentials`` token is refused as a subject. **They may be exchanged more than once**
   while they live: the client already presents that bearer token to every resource of its audience, so a
   one-time rule would protect nothing, while My3 legitimately needs tokens for several Selfcare APIs from one
