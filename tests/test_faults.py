@@ -722,6 +722,25 @@ def test_a_refresh_cut_before_its_new_tokens_are_stored_answers_503_and_issues_n
     assert wait_ready(rig)
     assert "temporarily_unavailable" in response.text and "access_token" not in response.text
 
+_BACKEND_PID = select(func.pg_backend_pid())
+
+
+def test_an_autocommit_connection_the_server_closed_is_replaced(rig):
+    """The connections idp/database.py keeps in autocommit outside the pool: the same one serves statement after
+    statement; once its server side is gone (terminated, as a restart does) the next statement runs on a new
+    one instead of failing."""
+    import psycopg
+
+    from idp import database
+    with rig.app.app_context():
+        first = database.fetch(_BACKEND_PID, {})[0][0]
+        assert database.fetch(_BACKEND_PID, {})[0][0] == first  # kept, not re-made
+        url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+        time.sleep(0.2)
+        assert database.fetch(_BACKEND_PID, {})[0][0] != first
+
 def test_a_pooled_connection_the_server_closed_is_replaced_without_a_round_trip(rig):
     """No pool pre-ping (a SELECT 1 round trip per checkout, issue 8): a pooled connection whose server side has
     gone (terminated here as a restart does) has a readable socket while idle; idp/database.py replaces it at

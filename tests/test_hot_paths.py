@@ -25,6 +25,7 @@ class RoundTrips:
     def __enter__(self):
         with self.app.app_context():
             self.engine = db.engine
+        self.engine.dispose()  # every connection used inside is made, and traced, inside
         self.trace_file = tempfile.TemporaryFile("w+")
         event.listen(self.engine, "checkout", self._trace)
         return self
