@@ -1,5 +1,5 @@
 """Requests answered before Flask (issue 8 point 5; shared/notes/performance.md): the fixed documents, and the
-common case of userinfo, introspection, revocation, ``client_credentials`` and refresh.
+common case of userinfo, introspection, revocation and the token endpoint's three everyday grants.
 
 Flask's request machinery costs ~110 µs per request on this machine kind, Authlib's token endpoint as much again:
 more than the work these answers need.
@@ -7,23 +7,27 @@ more than the work these answers need.
 - **Discovery and the JWKS** are the same bytes for every request until the configuration or the key folder
   changes: precomputed body, ETag and 304, without routing, request objects or per-request hooks.
 - **Userinfo** (``GET`` with ``Authorization: Bearer``), **introspection**, **revocation** and the
-  **``client_credentials``** and **``refresh_token``** grants (``POST`` authenticated with ``client_secret_basic``,
-  a url-encoded body of the usual parameters) — the calls relying parties, resource servers and batch jobs make
-  all day — are answered here with the functions the Flask views, Authlib's endpoints and our grants use
-  (``views.userinfo_claims``, ``endpoints.introspection``, ``endpoints.revoke``,
-  ``grants.client_credentials_scope``, ``grants.id_token``, ``tokens.issue``/``claim_refresh``/``save``): the same
-  bytes and headers, counted in the same request metrics. Anything else — another method, authentication or
-  parameter, a malformed header or body, an unknown client or a wrong secret, a used or exchanged refresh token,
-  oversized headers, any exception (a database outage included) — goes on to Flask with its body intact, where
-  the one implementation of those answers and errors lives. A token is issued, claimed or revoked only at the
-  end, so a request does not pass on after it changed anything; a failure after that point is answered here as
-  Flask's handlers would (503 or 500 JSON).
+  **``authorization_code``**, **``refresh_token``** and **``client_credentials``** grants (``POST`` authenticated
+  with ``client_secret_basic``, a url-encoded body of the usual parameters) — the calls relying parties, resource
+  servers and batch jobs make all day — are answered here with the functions the Flask views, Authlib's endpoints
+  and our grants use (``views.userinfo_claims``, ``endpoints.introspection``, ``endpoints.revoke``,
+  ``grants.client_credentials_scope``, ``grants.id_token``, ``grants.CodeRecord``, ``tokens.issue``/
+  ``redeem_code``/``claim_refresh``/``save``): the same bytes and headers, counted in the same request metrics.
+  Anything else — another method, authentication or parameter, a malformed header or body, an unknown client or a
+  wrong secret, a code that fails a check (PKCE, redirect URI, expiry), a used code or refresh token, an exchanged
+  refresh token, oversized headers, any exception (a database outage included) — goes on to Flask with its body
+  intact, where the one implementation of those answers and errors lives. A code is taken, a token issued, claimed
+  or revoked only at the end, after every check, so a request does not pass on after it changed anything; a
+  failure after that point is answered here as Flask's handlers would (503 or 500 JSON).
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import io
 import json
+import re
 import time
 from urllib.parse import parse_qsl
 
@@ -37,6 +41,7 @@ from .oauth import discovery
 
 HSTS = "max-age=31536000; includeSubDomains"
 _FORM = "application/x-www-form-urlencoded"
+_CODE_VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")  # RFC 7636 §4.1
 _NO_STORE_JSON = (("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("Pragma", "no-cache"))
 _DEPENDENCY_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
                       redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, keystore.KeyStoreError)
@@ -189,12 +194,16 @@ class BeforeFlask:
         return 200, b"{}", list(_NO_STORE_JSON)
 
     def _token(self, environ) -> tuple[int, bytes, list]:
-        form = self._form(environ, {"grant_type", "scope", "refresh_token"})
+        form = self._form(environ, {"grant_type", "scope", "refresh_token", "code", "redirect_uri", "code_verifier"})
         grant_type = form.get("grant_type")
-        if grant_type == "client_credentials" and "refresh_token" not in form:
+        if grant_type == "client_credentials" and set(form) <= {"grant_type", "scope"}:
             return self._client_credentials(environ, form)
-        if grant_type == "refresh_token" and form.get("refresh_token"):
+        if grant_type == "refresh_token" and form.get("refresh_token") \
+                and set(form) <= {"grant_type", "scope", "refresh_token"}:
             return self._refresh(environ, form)
+        if grant_type == "authorization_code" and form.get("code") \
+                and set(form) <= {"grant_type", "code", "redirect_uri", "code_verifier"}:
+            return self._code(environ, form)
         raise _PassOn
 
     def _client_credentials(self, environ, form: dict) -> tuple[int, bytes, list]:
@@ -249,6 +258,41 @@ class BeforeFlask:
             raise _Failed(error) from error
         return 200, body, list(_NO_STORE_JSON)
 
+    def _code(self, environ, form: dict) -> tuple[int, bytes, list]:
+        """Code redemption (RFC 6749 §4.1.3, RFC 7636, OIDC Core §3.1.3) as ``grants.AuthorizationCodeGrant`` and
+        Authlib's PKCE check do it. Everything is checked on the code's record read in place; only then is the
+        code taken (atomically: a lost race goes on to Flask, which meets a used code and ends its family); after
+        that nothing passes on: a failure is answered here."""
+        from .oauth import tokens
+        from .oauth.grants import CodeRecord, id_token
+        client = self._basic_client(environ, "token")
+        if not client.check_grant_type("authorization_code") or len(form["code"]) > 128:
+            raise _PassOn
+        record = tokens.peek_code(form["code"])
+        if record is None or record["client_id"] != client.client_id or record["expires_at"] <= time.time() \
+                or (record["redirect_uri"] and form.get("redirect_uri") != record["redirect_uri"]) \
+                or not _pkce_holds(record, form.get("code_verifier")):
+            raise _PassOn
+        from . import people
+        person = people.active(record["account_id"])
+        if person is None:
+            raise _PassOn
+        code = CodeRecord(**record)
+        login = code.login_context()
+        token, row = tokens.issue(client, "authorization_code", code.scope, account=person, login=login,
+                                  include_refresh=client.check_grant_type("refresh_token"))
+        if "openid" in code.scope.split():
+            token["id_token"] = id_token(token, client, login, person, nonce=code.nonce)
+        body = _authlib_json_bytes(token)
+        if tokens.redeem_code(form["code"]) != record:
+            raise _PassOn
+        try:
+            tokens.save(row)
+            tokens.confirm_family_alive(code.family_id)
+        except Exception as error:
+            raise _Failed(error) from error
+        return 200, body, list(_NO_STORE_JSON)
+
     @staticmethod
     def _basic_client(environ, endpoint: str):
         """The client authenticated by ``client_secret_basic`` (RFC 6749 §2.3.1), as Authlib checks it."""
@@ -293,3 +337,15 @@ def _authlib_json_bytes(obj) -> bytes:
     """The bytes of Authlib's Flask responses (``flask.json.dumps``: sorted keys, ASCII, default separators)."""
     return json.dumps(obj, sort_keys=True).encode()
 
+
+def _pkce_holds(record: dict, verifier: str | None) -> bool:
+    """RFC 7636 §4.6 with S256 only, as ``grants.S256CodeChallenge`` checks it: a challenge needs its verifier, and
+    a verifier without a challenge is refused (RFC 9700 §4.8)."""
+    challenge = record.get("code_challenge")
+    if not challenge:
+        return not verifier
+    if not verifier or (record.get("code_challenge_method") or "S256") != "S256" \
+            or not _CODE_VERIFIER.match(verifier):
+        return False
+    computed = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
+    return hmac.compare_digest(computed, challenge)

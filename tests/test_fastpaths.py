@@ -262,3 +262,47 @@ def test_refresh_scopes_narrow_before_flask_and_a_wider_one_goes_to_flask(setup)
     with flask_requests(app) as reached:
         wider = _refresh(client, rp, narrowed.json["refresh_token"], scope="openid phone nonsense")
     assert reached == [1] and wider.status_code == 400 and wider.json["error"] == "invalid_scope"
+
+
+def test_code_redemption_with_client_secret_basic_is_answered_before_flask_as_authlib_answers(setup):
+    app, client, rp, _rs, _tokens = setup
+    journey = Journey(client, rp)
+    first = journey.login_and_get_code(scope="openid phone email")["code"]
+    with flask_requests(app) as reached:
+        fast = journey.redeem(first)
+    assert reached == [] and fast.status_code == 200
+    second = Journey(client, rp)
+    code = second.login_and_get_code(scope="openid phone email")["code"]
+    with flask_requests(app) as reached:  # an extra parameter: Authlib's grant, for comparison
+        slow = second.redeem(code, x="1")
+    assert reached == [1] and slow.status_code == 200
+    assert list(fast.json) == list(slow.json)
+    assert headers_of(fast) | {"Content-Length": None} == headers_of(slow) | {"Content-Length": None}
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+    keys = KeySet.import_key_set(client.get("/jwks.json").json)
+    fast_id, slow_id = (jwt.decode(r.json["id_token"], keys).claims for r in (fast, slow))
+    assert set(fast_id) == set(slow_id) and fast_id["sub"] == slow_id["sub"] and fast_id["phone_number"]
+
+
+@pytest.mark.parametrize("change", ["wrong verifier", "no verifier", "other redirect_uri"])
+def test_a_code_redemption_that_fails_its_checks_goes_to_flask_which_refuses_it(setup, change):
+    app, client, rp, _rs, _tokens = setup
+    journey = Journey(client, rp)
+    code = journey.login_and_get_code(scope="openid phone")["code"]
+    extra = {"wrong verifier": {"code_verifier": "x" * 43}, "no verifier": {"code_verifier": ""},
+             "other redirect_uri": {"redirect_uri": "https://rp.example/other"}}[change]
+    with flask_requests(app) as reached:
+        response = journey.redeem(code, **extra)
+    assert reached == [1] and response.status_code == 400, response.json
+
+
+def test_a_code_presented_twice_goes_to_flask_the_second_time_and_ends_the_family(setup):
+    app, client, rp, _rs, _tokens = setup
+    journey = Journey(client, rp)
+    code = journey.login_and_get_code(scope="openid phone")["code"]
+    issued = journey.redeem(code).json
+    with flask_requests(app) as reached:
+        again = journey.redeem(code)
+    assert reached == [1] and again.status_code == 400 and again.json["error"] == "invalid_grant"
+    assert client.get("/userinfo", headers={"Authorization": "Bearer " + issued["access_token"]}).status_code == 401

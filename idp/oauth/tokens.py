@@ -172,6 +172,11 @@ return {0, false}
 """
 
 
+def peek_code(code: str) -> dict | None:
+    """The code's record, left in place (``idp.fastpaths`` checks a redemption before it takes the code)."""
+    return store().get("code:" + sha256(code))
+
+
 def redeem_code(code: str) -> dict | None:
     """Take the code (atomically, once). A second presentation revokes what the first one obtained."""
     digest = sha256(code)
