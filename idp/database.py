@@ -210,7 +210,9 @@ def _run_postgresql(engine, sql: str, args, rows: bool):
 
 
 def _run_pooled(engine, sql: str, args, rows: bool):
-    """SQLite (development, tests): a pooled connection switched to autocommit for the statement."""
+    """SQLite (development, tests): a pooled connection switched to autocommit for the statement. A write takes
+    the write lock first (BEGIN IMMEDIATE): two autocommit writers that each read before writing could otherwise
+    deadlock, and SQLite answers that at once with "database is locked" instead of waiting its busy timeout."""
     dialect = engine.dialect
     dbapi_error = dialect.loaded_dbapi.Error
     try:
@@ -221,8 +223,18 @@ def _run_pooled(engine, sql: str, args, rows: bool):
         dialect.set_isolation_level(connection.dbapi_connection, "AUTOCOMMIT")
         cursor = connection.cursor()
         try:
-            cursor.execute(sql, args)
-            return cursor.fetchall() if rows else cursor.rowcount
+            if rows:
+                cursor.execute(sql, args)
+                return cursor.fetchall()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                cursor.execute(sql, args)
+                count = cursor.rowcount
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+            return count
         finally:
             cursor.close()
     except dbapi_error as error:

@@ -15,8 +15,9 @@ class RoundTrips:
     """What reaches the database inside the block, counted at the driver, so nothing escapes: every statement,
     transaction control and pool ping. PostgreSQL: libpq's protocol trace, one round trip per ReadyForQuery,
     named by the server's command tag ("SELECT", "INSERT", "BEGIN", "COMMIT"…; "PREPARE" for psycopg's one-time
-    preparation of a statement on a connection, not counted). SQLite: the connection's statement trace (PRAGMAs
-    left out: SQLAlchemy's isolation-level reset, in-process). ``trips`` is sorted: connections trace on their own,
+    preparation of a statement on a connection, not counted). SQLite: the connection's statement trace, without
+    PRAGMAs (SQLAlchemy's isolation-level reset) and the BEGIN IMMEDIATE/COMMIT around a one-statement write
+    (idp/database.py): all in-process, no round trip; the PostgreSQL run counts transaction control. ``trips`` is sorted: connections trace on their own,
     so their order across connections is not kept."""
 
     def __init__(self, app):
@@ -51,8 +52,9 @@ class RoundTrips:
             elif not connection.closed:
                 pgconn.untrace()
         self.trace_file.seek(0)
+        in_process = ("PRAGMA", "BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
         self.trips = sorted(self._postgres(self.trace_file.read()) + [
-            statement.split()[0].upper() for statement in self.sqlite if not statement.upper().startswith("PRAGMA")])
+            statement.split()[0].upper() for statement in self.sqlite if not statement.upper().startswith(in_process)])
         self.trace_file.close()
 
     @staticmethod
