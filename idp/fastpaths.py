@@ -12,7 +12,7 @@ more than the work these answers need.
   servers and batch jobs make all day — are answered here with the functions the Flask views, Authlib's endpoints
   and our grants use (``views.userinfo_claims``, ``endpoints.introspection``, ``endpoints.revoke``,
   ``grants.client_credentials_scope``, ``grants.id_token``, ``grants.CodeRecord``, ``tokens.issue``/
-  ``redeem_code``/``claim_refresh``/``save``): the same bytes and headers, counted in the same request metrics.
+  ``redeem_code``/``rotate_refresh``/``save``): the same bytes and headers, counted in the same request metrics.
   Anything else — another method, authentication or parameter, a malformed header or body, an unknown client or a
   wrong secret, a code that fails a check (PKCE, redirect URI, expiry), a used code or refresh token, an exchanged
   refresh token, oversized headers, any exception (a database outage included) — goes on to Flask with its body
@@ -227,8 +227,9 @@ class BeforeFlask:
     def _refresh(self, environ, form: dict) -> tuple[int, bytes, list]:
         """Refresh rotation (RFC 6749 §6) as ``grants.RefreshTokenGrant`` does it, for a usable token of this
         client; a used, revoked, expired or exchanged token goes on to Flask (reuse detection lives there). The new
-        pair and ID token are made first; then the old token is claimed (atomically: a lost race goes on to Flask,
-        which meets a used token); after the claim nothing passes on: a failure is answered here."""
+        pair and ID token are made first; then ``tokens.rotate_refresh`` claims the old token and stores the new
+        one (one atomic statement on PostgreSQL); a lost race goes on to Flask, which meets a used token; a failure
+        is answered here."""
         from authlib.oauth2.rfc6749 import scope_to_list
 
         from .oauth import tokens
@@ -250,12 +251,12 @@ class BeforeFlask:
         if "openid" in (scope_to_list(token.get("scope")) or []):
             token["id_token"] = id_token(token, client, login, row.person)
         body = _authlib_json_bytes(token)
-        if not tokens.claim_refresh(row):
-            raise _PassOn
         try:
-            tokens.save(new_row)
-        except Exception as error:
+            rotated = tokens.rotate_refresh(row, new_row)
+        except Exception as error:  # PostgreSQL: nothing changed, the old token still works; answered, not passed on
             raise _Failed(error) from error
+        if not rotated:
+            raise _PassOn  # another presentation won: Flask meets a used token
         return 200, body, list(_NO_STORE_JSON)
 
     def _code(self, environ, form: dict) -> tuple[int, bytes, list]:

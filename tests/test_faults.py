@@ -707,10 +707,11 @@ def test_sim_association_cut_in_the_middle_of_the_final_post(rig):
     assert _sims(rig, line) == [line, second]
 
 
-def test_a_refresh_cut_before_its_new_tokens_are_stored_answers_503_and_issues_nothing(rig):
-    """The refresh grant (answered before Flask, idp/fastpaths.py) claims the old token, then inserts the new
-    pair: PostgreSQL dies as the INSERT goes out. The answer is the 503 JSON, answered there and not passed on to
-    Flask (which would have met a used token and ended the family), and no token was issued."""
+def test_a_refresh_cut_as_it_is_stored_answers_503_and_the_old_token_still_works(rig):
+    """The refresh grant (answered before Flask, idp/fastpaths.py) marks the old token used and stores the new pair
+    in one statement (tokens.rotate_refresh): PostgreSQL dies as it goes out. The answer is the 503 JSON, answered
+    there, not passed on to Flask (which would have met a used token and ended the family); nothing happened, so
+    the same refresh token works once PostgreSQL is back."""
     line = new_account(rig)
     person = rig.browser()
     issued = person.tokens(rig.rp, *person.log_in(rig.rp, line, PASSWORD)).json()
@@ -721,6 +722,8 @@ def test_a_refresh_cut_before_its_new_tokens_are_stored_answers_503_and_issues_n
     rig.pg.restore()
     assert wait_ready(rig)
     assert "temporarily_unavailable" in response.text and "access_token" not in response.text
+    again = person.refresh(rig.rp, issued["refresh_token"])
+    assert again.status_code == 200, again.text
 
 _BACKEND_PID = select(func.pg_backend_pid())
 

@@ -211,6 +211,35 @@ _REVOKE_ACCESS = update(_t).where(_t.c.id == bindparam("row_id"), _t.c.access_re
     access_revoked_at=bindparam("now"))
 
 
+def _rotate_refresh_statement():
+    """PostgreSQL: mark the old refresh token used and insert its successor in one statement (a data-modifying
+    CTE): the INSERT selects from what the UPDATE claimed, so both happen or neither, in one round trip and one
+    commit. Of concurrent presentations, the first holds the row; the others re-check it and claim nothing."""
+    claimed = (update(_t).where(_t.c.id == bindparam("row_id"), _t.c.refresh_used_at.is_(None),
+                                _t.c.revoked_at.is_(None))
+               .values(refresh_used_at=bindparam("now")).returning(_t.c.id).cte("claimed"))
+    successor = select(*(bindparam(key, type_=_t.c[key].type) for key in _TOKEN_COLUMNS)).select_from(claimed)
+    return _t.insert().from_select(list(_TOKEN_COLUMNS), successor)
+
+
+_ROTATE_REFRESH = _rotate_refresh_statement()
+
+
+def rotate_refresh(row, successor: NewToken) -> bool:
+    """Refresh rotation (RFC 6749 §6): mark ``row`` used and store ``successor``; False when another presentation
+    won (nothing stored). One atomic statement on PostgreSQL; on SQLite the conditional UPDATE, then the INSERT."""
+    params = {key: getattr(successor, key) for key in _TOKEN_COLUMNS}
+    if db.engine.dialect.name == "postgresql":
+        won = database.execute(_ROTATE_REFRESH, {**params, "row_id": row.id, "now": int(time.time())}) == 1
+    else:
+        won = claim_refresh(row)
+        if won:
+            database.execute(_INSERT_TOKEN, params)
+    if won:
+        observability.count_token(successor.grant_type)
+    return won
+
+
 def claim_refresh(row) -> bool:
     """Mark the refresh token used, atomically (one UPDATE): exactly one of concurrent presentations gets True."""
     return database.execute(_CLAIM_REFRESH, {"row_id": row.id, "now": int(time.time())}) == 1
