@@ -17,7 +17,7 @@ import hashlib
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
@@ -301,11 +301,6 @@ def revoke_client_tokens(client_id: str) -> None:
 
 # finding tokens: the row and its person in one statement ----------------------------------------------------
 
-_FOUND_COLUMNS = ("id", "jti", "client_id", "account_id", "grant_type", "scope", "audience", "issued_at",
-                  "expires_at", "revoked_at", "access_revoked_at", "refresh_hash", "refresh_expires_at",
-                  "refresh_used_at", "family_id", "family_expires_at", "sid", "auth_time", "acr", "amr")
-
-
 @dataclass(frozen=True, slots=True)
 class FoundToken:
     """A token row (the columns of ``Token`` that endpoints read) with its person, or ``None`` for a client's."""
@@ -339,6 +334,9 @@ class FoundToken:
 
     def access_active(self) -> bool:
         return self.revoked_at is None and self.access_revoked_at is None and self.expires_at > time.time()
+
+
+_FOUND_COLUMNS = tuple(field.name for field in fields(FoundToken) if field.name != "person")  # selected in order
 
 
 def _found_select(key_column):
