@@ -23,8 +23,9 @@ import threading
 import weakref
 from dataclasses import dataclass
 
-from sqlalchemy import event, exc
-from sqlalchemy.pool import Pool
+from flask import current_app
+from sqlalchemy import create_engine, event, exc
+from sqlalchemy.pool import NullPool, Pool
 
 from .extensions import db
 
@@ -104,16 +105,21 @@ def _arguments(compiled: _Compiled, params: dict):
 
 
 class _AutocommitConnections:
-    """PostgreSQL connections held in autocommit for one-statement work, outside SQLAlchemy's pool.
+    """Connections held in autocommit for one-statement work, outside SQLAlchemy's pool.
 
     Checking a connection out of the pool, toggling autocommit and resetting it on return cost ~35 µs per
     statement, a third of a userinfo request; here a connection is taken from a list, its socket looked at
-    (``connection_dropped``) and put back. Each is made by the engine (its URL, connect arguments and the dialect's
-    set-up), then detached from the pool. At most ``IDLE`` wait per worker; disposing the engine closes them."""
+    (``connection_dropped``) and put back. They are made by a second engine on the same URL and connect
+    arguments, without a pool (``NullPool``): a request whose ORM session holds a pooled connection never waits on
+    the pool for one of these (with every pooled connection held by sessions that wait would be a deadlock, seen
+    with 20 concurrent refreshes). At most ``IDLE`` wait per worker; disposing the app's engine closes them."""
     IDLE = 8
 
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, engine, connect_args: dict):
+        self.sqlite = engine.dialect.name == "sqlite"
+        if self.sqlite:  # shared between threads, one at a time
+            connect_args = {**connect_args, "check_same_thread": False}
+        self.maker = create_engine(engine.url, poolclass=NullPool, connect_args=connect_args)
         self._idle: list[tuple] = []
         self._lock = threading.Lock()
         event.listen(engine, "engine_disposed", lambda _engine: self.close_idle())
@@ -129,7 +135,7 @@ class _AutocommitConnections:
             _close(held)
 
     def put_back(self, held: tuple) -> None:
-        if not (held[0].closed or held[0].broken):
+        if _usable(held[0]):
             with self._lock:
                 if len(self._idle) < self.IDLE:
                     self._idle.append(held)
@@ -143,13 +149,20 @@ class _AutocommitConnections:
             _close(held)
 
     def _connect(self) -> tuple:
-        pooled = self.engine.raw_connection()
-        pooled.detach()  # ours from now on: the pool forgets it
-        connection = pooled.dbapi_connection
+        made = self.maker.raw_connection()
+        made.detach()  # ours: NullPool would close it on return
+        connection = made.dbapi_connection
+        if self.sqlite:
+            connection.isolation_level = None  # sqlite3's autocommit
+            return connection, None
         connection.autocommit = True
         poller = select.poll()
         poller.register(connection.pgconn.socket, select.POLLIN | select.POLLPRI)
         return connection, poller
+
+
+def _usable(connection) -> bool:
+    return not (getattr(connection, "closed", False) or getattr(connection, "broken", False))
 
 
 def _close(held: tuple) -> None:
@@ -169,7 +182,8 @@ def _connections(engine) -> _AutocommitConnections:
         with _autocommit_lock:
             found = _autocommit.get(engine)
             if found is None:
-                found = _autocommit[engine] = _AutocommitConnections(engine)
+                options = current_app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
+                found = _autocommit[engine] = _AutocommitConnections(engine, dict(options.get("connect_args", {})))
     return found
 
 
@@ -178,13 +192,7 @@ def _run(statement, params: dict, rows: bool):
     dialect = engine.dialect
     compiled = _compile(statement, dialect)
     sql, args = compiled.sql, _arguments(compiled, params)
-    if dialect.name == "postgresql":
-        return _run_postgresql(engine, sql, args, rows)
-    return _run_pooled(engine, sql, args, rows)
-
-
-def _run_postgresql(engine, sql: str, args, rows: bool):
-    dbapi_error = engine.dialect.loaded_dbapi.Error
+    dbapi_error = dialect.loaded_dbapi.Error
     connections = _connections(engine)
     try:
         held = connections.take()
@@ -194,12 +202,11 @@ def _run_postgresql(engine, sql: str, args, rows: bool):
     try:
         cursor = connection.cursor()
         try:
-            cursor.execute(sql, args)
-            result = cursor.fetchall() if rows else cursor.rowcount
+            result = _execute(cursor, sql, args, rows, connections.sqlite)
         finally:
             cursor.close()
     except dbapi_error as error:
-        gone = connection.broken or connection.closed or engine.dialect.is_disconnect(error, connection, None)
+        gone = not _usable(connection) or dialect.is_disconnect(error, connection, None)
         if gone:
             _close(held)
         else:
@@ -209,46 +216,22 @@ def _run_postgresql(engine, sql: str, args, rows: bool):
     return result
 
 
-def _run_pooled(engine, sql: str, args, rows: bool):
-    """SQLite (development, tests): a pooled connection switched to autocommit for the statement. A write takes
-    the write lock first (BEGIN IMMEDIATE): two autocommit writers that each read before writing could otherwise
-    deadlock, and SQLite answers that at once with "database is locked" instead of waiting its busy timeout."""
-    dialect = engine.dialect
-    dbapi_error = dialect.loaded_dbapi.Error
+def _execute(cursor, sql: str, args, rows: bool, sqlite: bool):
+    """One statement. On SQLite a write takes the write lock first (BEGIN IMMEDIATE): two autocommit writers that
+    each read before writing could otherwise deadlock, which SQLite answers at once with "database is locked"
+    instead of waiting its busy timeout."""
+    if rows or not sqlite:
+        cursor.execute(sql, args)
+        return cursor.fetchall() if rows else cursor.rowcount
+    cursor.execute("BEGIN IMMEDIATE")
     try:
-        connection = engine.raw_connection()
-    except dbapi_error as error:
-        raise exc.DBAPIError.instance(None, None, error, dbapi_error) from error
-    try:
-        dialect.set_isolation_level(connection.dbapi_connection, "AUTOCOMMIT")
-        cursor = connection.cursor()
-        try:
-            if rows:
-                cursor.execute(sql, args)
-                return cursor.fetchall()
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                cursor.execute(sql, args)
-                count = cursor.rowcount
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
-            return count
-        finally:
-            cursor.close()
-    except dbapi_error as error:
-        gone = dialect.is_disconnect(error, connection.dbapi_connection, None)
-        if gone:
-            connection.invalidate(error)
-        raise exc.DBAPIError.instance(sql, args, error, dbapi_error, connection_invalidated=gone) from error
-    finally:
-        if connection.dbapi_connection is not None:
-            try:
-                dialect.reset_isolation_level(connection.dbapi_connection)
-            except dbapi_error:
-                connection.invalidate()
-        connection.close()
+        cursor.execute(sql, args)
+        count = cursor.rowcount
+    except BaseException:
+        cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
+    return count
 
 
 def fetch(statement, params: dict) -> list[tuple]:
@@ -266,6 +249,7 @@ def fetch(statement, params: dict) -> list[tuple]:
 
 def execute(statement, params: dict, *, beside_session: bool = False) -> int:
     """Run one INSERT/UPDATE/DELETE on its own, in autocommit (atomic by itself): one round trip. Rows affected.
+    The statement gives every value: the models' Python-side defaults (``default=utcnow``…) do not run here.
 
     Work the ORM session has in progress is committed first: a request writes through the session and through
     here one after the other, never interleaved in one transaction (on SQLite this connection would otherwise

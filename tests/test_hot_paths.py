@@ -5,6 +5,7 @@ import tempfile
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.pool import Pool
 
 from idp.extensions import db
 
@@ -28,7 +29,7 @@ class RoundTrips:
             self.engine = db.engine
         self.engine.dispose()  # every connection used inside is made, and traced, inside
         self.trace_file = tempfile.TemporaryFile("w+")
-        event.listen(self.engine, "checkout", self._trace)
+        event.listen(Pool, "checkout", self._trace)  # also idp/database.py's own, made without a pool
         return self
 
     def _trace(self, dbapi_connection, record, proxy):
@@ -44,7 +45,7 @@ class RoundTrips:
         pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
 
     def __exit__(self, *exc):
-        event.remove(self.engine, "checkout", self._trace)
+        event.remove(Pool, "checkout", self._trace)
         for connection in self.traced:
             pgconn = getattr(connection, "pgconn", None)
             if pgconn is None:

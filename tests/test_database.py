@@ -1,0 +1,36 @@
+"""One-statement work beside the ORM (idp/database.py, issue 8): it never waits on the session's pool."""
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import func, select, text
+
+from idp import database
+from idp.extensions import db
+from idp.models import Customer
+
+from .conftest import DATABASE_URL
+
+_COUNT_CUSTOMERS = select(func.count()).select_from(Customer.__table__)
+_ADD_CUSTOMER = Customer.__table__.insert().values(code="DB-TEST", name="Prova",
+                                                  updated_at=datetime(2026, 11, 25, tzinfo=timezone.utc))
+
+
+@pytest.fixture
+def one_connection_app(make_app):
+    """An app whose pool holds a single connection, and times out quickly when it is taken."""
+    options = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 2}
+    options["connect_args"] = {"connect_timeout": 5} if DATABASE_URL else {"timeout": 30}
+    return make_app(SQLALCHEMY_ENGINE_OPTIONS=options)
+
+
+def test_a_statement_runs_while_the_session_holds_every_pooled_connection(one_connection_app):
+    """A request whose session holds a pooled connection (a client looked up on a cold cache, say) and then needs
+    a one-statement lookup: if that lookup waited on the same pool, concurrent requests would starve it for the
+    pool's whole timeout (seen as a 30 s stall with 20 concurrent refreshes)."""
+    app = one_connection_app
+    with app.app_context():
+        db.session.execute(text("SELECT 1"))  # the session now holds the pool's only connection
+        assert database.fetch(_COUNT_CUSTOMERS, {})[0][0] >= 0
+        db.session.rollback()
+        assert database.execute(_ADD_CUSTOMER, {}) == 1  # (commits the session's work first: none here)
+        assert database.fetch(_COUNT_CUSTOMERS, {})[0][0] >= 1
