@@ -112,6 +112,7 @@ class Bench:
         self.results: list[dict] = []
         self.notes: list[str] = []
         self.pinned = not args.both_cores
+        self.workers = args.workers or (1 if self.pinned else 2)
         self.server_cpus = "0" if self.pinned else None
         self.load_cpus = "1" if self.pinned else None
         self.connections = args.connections or (32 if self.pinned else 64)
@@ -466,7 +467,7 @@ class Bench:
         def wanted(name: str) -> bool:
             return cases is None or name in cases
 
-        inst, app = self.make_instance(args.db_name, args.accounts, workers=1 if self.pinned else 2)
+        inst, app = self.make_instance(args.db_name, args.accounts, workers=self.workers)
         lines = self.lines_file(inst)
         selection = None
         kind = args.server
@@ -474,7 +475,7 @@ class Bench:
             log("choosing the WSGI server (one pinned core)")
             kind, selection = self.select_server(app, inst)
             log(f"chosen: {kind}")
-        workers = 1 if self.pinned else 2
+        workers = self.workers
         threads = args.threads or default_threads(kind)
         inst.workers = workers
         server = {"kind": kind, "workers": workers, "threads": threads,
@@ -755,6 +756,7 @@ def parse_args(argv=None):
     parser.add_argument("--accounts", type=int, default=1000, help="accounts seeded (default 10^3)")
     parser.add_argument("--server", choices=("auto", *SERVERS), default="auto",
                         help="WSGI server; auto measures the three and picks the best (default)")
+    parser.add_argument("--workers", type=int, help="IdP worker processes (default 1 pinned, 2 with --both-cores)")
     parser.add_argument("--threads", type=int, help="threads per worker (default granian 4, gthread 8)")
     parser.add_argument("--select-duration", type=float, default=3, help="seconds per selection measurement")
     parser.add_argument("--cases", help="comma-separated subset, e.g. discovery,userinfo,password_logins")

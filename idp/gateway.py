@@ -135,18 +135,45 @@ def _identify() -> NetworkIdentity | None:
     if abs(time.time() - ts) > int(config["AUTOLOGIN_MAX_SKEW"]):
         _spoof("stale", typed)
         return None
-    if not (8 <= len(signature["nonce"]) <= 64) or not store().add(
-            f"gateway-nonce:{signature['kid']}:{signature['nonce']}", 1, 2 * int(config["AUTOLOGIN_MAX_SKEW"]) + 5):
+    if not 8 <= len(signature["nonce"]) <= 64:
+        _spoof("replayed", typed)
+        return None
+    line_counter = ratelimit.key("autologin-line", typed)
+    address_counter = ratelimit.key("autologin-address", request.remote_addr or "-")
+    counts = _take_nonce_and_count(f"gateway-nonce:{signature['kid']}:{signature['nonce']}",
+                                   2 * int(config["AUTOLOGIN_MAX_SKEW"]) + 5, line_counter, address_counter)
+    if counts is None:
         _spoof("replayed", typed)
         return None
     try:
-        ratelimit.hit("autologin-line", typed, int(config["AUTOLOGIN_PER_LINE_PER_HOUR"]), 3600)
-        ratelimit.hit("autologin-address", request.remote_addr or "-", int(config["AUTOLOGIN_PER_ADDRESS_PER_HOUR"]),
-                      3600)
+        ratelimit.refuse_over("autologin-line", line_counter, counts[0], int(config["AUTOLOGIN_PER_LINE_PER_HOUR"]))
+        ratelimit.refuse_over("autologin-address", address_counter, counts[1],
+                              int(config["AUTOLOGIN_PER_ADDRESS_PER_HOUR"]))
     except ratelimit.RateLimited as exc:
         signals.emit(signals.AUTOLOGIN_THROTTLED, "refused", line=typed, limit=exc.name)
         return None
     return NetworkIdentity(msisdn=typed, kid=signature["kid"])
+
+
+# KEYS: the nonce, the line's counter, the address's counter. ARGV: the nonce's TTL, the counters' window.
+# A nonce seen before counts nothing; a new one is kept and both counters counted: one round trip, one atomic step.
+_NONCE_AND_COUNT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return false end
+local counts = {}
+for i = 2, 3 do
+  counts[i - 1] = redis.call('INCR', KEYS[i])
+  if counts[i - 1] == 1 then redis.call('EXPIRE', KEYS[i], tonumber(ARGV[2])) end
+end
+return counts
+"""
+
+
+def _take_nonce_and_count(nonce_key: str, nonce_ttl: int, *counters: str, window: int = 3600) -> list[int] | None:
+    """Keep the nonce (single use) and count the request against both limits, or None when the nonce was seen."""
+    s = store()
+    script = s.script(_NONCE_AND_COUNT)
+    counts = script(keys=[s.key(nonce_key), *(s.key(c) for c in counters)], args=[max(1, nonce_ttl), window])
+    return [int(c) for c in counts] if counts else None
 
 
 def eligible_account(identity: NetworkIdentity | None):

@@ -4,6 +4,8 @@ People type ``333 123 4567``, ``+39 333 1234567``, ``0039 333â€¦`` or ``39 333â€
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import phonenumbers
 
 DEFAULT_REGION = "IT"
@@ -14,8 +16,13 @@ class InvalidMsisdn(ValueError):
     """Not a mobile line we can recognise."""
 
 
+@lru_cache(maxsize=8192)
 def normalise(text: str | None) -> str:
-    """Return the E.164 form of a mobile line typed by a person, or raise InvalidMsisdn."""
+    """Return the E.164 form of a mobile line typed by a person, or raise InvalidMsisdn.
+
+    Pure, so the answers are kept (the gateway repeats the same lines all day; a failure is not kept). The number's
+    type is looked up once: a mobile type implies a valid number (``number_type`` is UNKNOWN for invalid ones), so
+    ``is_valid_number``, which looks it up again, is not called."""
     raw = (text or "").strip()
     if not raw or len(raw) > 32:
         raise InvalidMsisdn(raw)
@@ -26,7 +33,7 @@ def normalise(text: str | None) -> str:
         number = phonenumbers.parse(raw, DEFAULT_REGION)
     except phonenumbers.NumberParseException as exc:
         raise InvalidMsisdn(raw) from exc
-    if not phonenumbers.is_valid_number(number) or phonenumbers.number_type(number) not in _MOBILE_TYPES:
+    if phonenumbers.number_type(number) not in _MOBILE_TYPES:
         raise InvalidMsisdn(raw)
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 

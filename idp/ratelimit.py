@@ -26,15 +26,26 @@ def subject(value: str) -> str:
     return hmac.new(key, (value or "").encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def key(name: str, value: str) -> str:
+    """The counter of ``value`` in ``name`` (for callers that count several things in one Redis round trip)."""
+    return f"rl:{name}:{subject(value)}"
+
+
 def hit(name: str, value: str, limit: int, window: int) -> int:
     """Count one event for ``value`` in ``name``; raise RateLimited when it goes over ``limit`` per ``window`` s."""
-    key = f"rl:{name}:{subject(value)}"
-    count = store().incr(key, window)
+    counter = key(name, value)
+    count = store().incr(counter, window)
+    refuse_over(name, counter, count, limit)
+    return count
+
+
+def refuse_over(name: str, counter: str, count: int, limit: int) -> None:
+    """Raise RateLimited (retry after the window's rest) when ``count``, just counted in ``counter``, is over
+    ``limit`` (0: no limit)."""
     if limit and count > limit:
-        ttl = store().redis.ttl(store().key(key))
+        ttl = store().redis.ttl(store().key(counter))
         observability.count_refusal(name)
         raise RateLimited(name, max(int(ttl), 1))
-    return count
 
 
 def cooldown(name: str, value: str, seconds: int) -> None:

@@ -20,6 +20,7 @@ class Store:
     def __init__(self, client: redis.Redis, prefix: str):
         self.redis = client
         self.prefix = prefix
+        self._scripts: dict[str, Any] = {}
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -45,6 +46,14 @@ class Store:
     def destroy(self, *keys: str) -> None:
         if keys:
             self.redis.delete(*(self.key(k) for k in keys))
+
+    def script(self, source: str):
+        """A Lua script, registered once per process and run by its SHA (EVALSHA; loaded again after a Redis
+        restart). Callers prefix their keys with ``key``."""
+        found = self._scripts.get(source)
+        if found is None:
+            found = self._scripts[source] = self.redis.register_script(source)
+        return found
 
     def incr(self, key: str, ttl: int) -> int:
         """Count atomically; the TTL is set when the counter is created and never extended."""

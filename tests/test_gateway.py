@@ -92,6 +92,34 @@ def test_per_line_rate_limit(make_app):
     assert _identify(app, signed_headers(LINE)) is None
 
 
+def test_a_replay_counts_against_no_limit(make_app):
+    """The nonce is taken and the limits counted in one step: a replayed header (which only a trusted peer can
+    send) must not spend the line's hourly budget."""
+    app = make_app(**GATEWAY_SETTINGS, AUTOLOGIN_PER_LINE_PER_HOUR=2)
+    headers = signed_headers(LINE)
+    assert _identify(app, headers)
+    for _ in range(5):
+        assert _identify(app, headers) is None
+    assert _identify(app, signed_headers(LINE)), "the five replays spent nothing of the line's limit"
+    assert _identify(app, signed_headers(LINE)) is None
+    assert _spoofs(app) == ["replayed"] * 5
+
+
+def test_per_address_rate_limit(make_app):
+    app = make_app(**GATEWAY_SETTINGS, AUTOLOGIN_PER_ADDRESS_PER_HOUR=1)
+    assert _identify(app, signed_headers(LINE))
+    assert _identify(app, signed_headers("+393401112233")) is None
+
+
+def test_the_nonce_script_survives_a_script_cache_flush(gw_app):
+    """Redis forgets loaded scripts when it restarts (or SCRIPT FLUSH): the script is loaded again."""
+    assert _identify(gw_app, signed_headers(LINE))
+    with gw_app.app_context():
+        from idp.store import store
+        store().redis.script_flush()
+    assert _identify(gw_app, signed_headers(LINE))
+
+
 def test_spoof_events_mask_the_number(gw_app):
     _identify(gw_app, {"X-MSISDN": LINE}, UNTRUSTED)
     with gw_app.app_context():

@@ -69,3 +69,24 @@ def test_mask_shows_only_the_end(number):
 def test_landlines_are_not_usernames():
     with pytest.raises(msisdn.InvalidMsisdn):
         msisdn.normalise("06 1234 5678")
+
+
+@pytest.mark.parametrize("typed", ["333 123 4567", "+39 333 1234567", "0039 3331234567", "39 333 1234567"])
+def test_typed_forms_of_a_mobile_line_are_one_username(typed):
+    assert msisdn.normalise(typed) == "+393331234567"
+
+
+def test_mobile_type_alone_decides_as_the_full_validity_check_did():
+    """normalise looks the number's type up once; over many numbers, mobile-typed ones are exactly the valid mobiles."""
+    import random
+
+    import phonenumbers
+    rnd = random.Random(5)
+    for _ in range(3000):
+        text = "+39" + str(rnd.randint(10 ** 7, 10 ** 11))
+        number = phonenumbers.parse(text, "IT")
+        expected = phonenumbers.is_valid_number(number) and phonenumbers.number_type(number) in msisdn._MOBILE_TYPES
+        assert (msisdn.try_normalise(text) is not None) == expected, text
+    for bad in ("", "   ", "+39", "abc", "1" * 40, "+39 06 1234 5678"):
+        assert msisdn.try_normalise(bad) is None
+        assert msisdn.try_normalise(bad) is None  # a failure is not remembered as a success
