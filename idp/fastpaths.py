@@ -16,9 +16,11 @@ more than the work these answers need.
   Anything else — another method, authentication or parameter, a malformed header or body, an unknown client or a
   wrong secret, a code that fails a check (PKCE, redirect URI, expiry), a used code or refresh token, an exchanged
   refresh token, oversized headers, any exception (a database outage included) — goes on to Flask with its body
-  intact, where the one implementation of those answers and errors lives. A code is taken, a token issued, claimed
-  or revoked only at the end, after every check, so a request does not pass on after it changed anything; a
-  failure after that point is answered here as Flask's handlers would (503 or 500 JSON).
+  intact, where the one implementation of those answers and errors lives. A token is issued, claimed or revoked
+  only at the end, after every check, so a request does not pass on after it changed anything; a failure after
+  that point is answered here as Flask's handlers would (503 or 500 JSON). The one exception is the code, taken
+  first as Authlib takes it: a request passed on after that carries what it took (``tokens.TAKEN_CODE``), so
+  Flask goes on from the same state instead of taking it again.
 """
 from __future__ import annotations
 
@@ -261,20 +263,21 @@ class BeforeFlask:
 
     def _code(self, environ, form: dict) -> tuple[int, bytes, list]:
         """Code redemption (RFC 6749 §4.1.3, RFC 7636, OIDC Core §3.1.3) as ``grants.AuthorizationCodeGrant`` and
-        Authlib's PKCE check do it. Everything is checked on the code's record read in place; only then is the
-        code taken (atomically: a lost race goes on to Flask, which meets a used code and ends its family); after
-        that nothing passes on: a failure is answered here."""
+        Authlib's PKCE check do it. The code is taken first, as Authlib does (one atomic step: of concurrent
+        presentations one wins; a used code ends its family); a taken code that fails a check (client, expiry,
+        redirect URI, PKCE, an inactive person) goes on to Flask with what was taken (``tokens.TAKEN_CODE``), which
+        answers the error; once tokens are issued a failure is answered here."""
+        from . import people
         from .oauth import tokens
         from .oauth.grants import CodeRecord, id_token
         client = self._basic_client(environ, "token")
         if not client.check_grant_type("authorization_code") or len(form["code"]) > 128:
             raise _PassOn
-        record = tokens.peek_code(form["code"])
+        record = tokens.redeem_code(form["code"], environ)
         if record is None or record["client_id"] != client.client_id or record["expires_at"] <= time.time() \
                 or (record["redirect_uri"] and form.get("redirect_uri") != record["redirect_uri"]) \
                 or not _pkce_holds(record, form.get("code_verifier")):
             raise _PassOn
-        from . import people
         person = people.active(record["account_id"])
         if person is None:
             raise _PassOn
@@ -285,8 +288,6 @@ class BeforeFlask:
         if "openid" in code.scope.split():
             token["id_token"] = id_token(token, client, login, person, nonce=code.nonce)
         body = _authlib_json_bytes(token)
-        if tokens.redeem_code(form["code"]) != record:
-            raise _PassOn
         try:
             tokens.save(row)
             tokens.confirm_family_alive(code.family_id)

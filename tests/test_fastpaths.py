@@ -294,7 +294,14 @@ def test_a_code_redemption_that_fails_its_checks_goes_to_flask_which_refuses_it(
              "other redirect_uri": {"redirect_uri": "https://rp.example/other"}}[change]
     with flask_requests(app) as reached:
         response = journey.redeem(code, **extra)
-    assert reached == [1] and response.status_code == 400, response.json
+    assert reached == [1] and response.status_code == 400
+    assert response.json["error"] == ("invalid_request" if change == "no verifier" else "invalid_grant")
+    # Flask went on with the code the fast lane took: not seen as a second presentation (no reuse, nothing ended)
+    from idp.extensions import db
+    from idp.models import AuditEvent
+    with app.app_context():
+        assert db.session.query(AuditEvent).filter_by(type="token.reuse_detected").count() == 0
+    assert journey.redeem(code).json["error"] == "invalid_grant", "taken once: a later presentation is refused"
 
 
 def test_a_code_presented_twice_goes_to_flask_the_second_time_and_ends_the_family(setup):

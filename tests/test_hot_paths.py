@@ -74,6 +74,27 @@ class RoundTrips:
         return trips
 
 
+class RedisCommands:
+    """The commands the app's store sends to Redis inside the block (a pipeline's commands as one entry)."""
+
+    def __init__(self, app):
+        self.app, self.commands = app, []
+
+    def __enter__(self):
+        from idp.store import connect  # noqa: F401 - the client is the app's, made at start
+        self.client = self.app.extensions["idp.store"].redis
+        send = self.client.execute_command
+
+        def counted(*args, **options):
+            self.commands.append(str(args[0]).upper())
+            return send(*args, **options)
+        self.client.execute_command = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.client.execute_command
+
+
 @pytest.fixture
 def warm(make_app):
     app = make_app(CLIENT_CACHE_TTL=60)
@@ -120,10 +141,12 @@ def test_code_redemption_is_one_select_and_one_insert(warm):
     app, client, rp, _tokens = warm
     journey = Journey(client, rp)
     code = journey.login_and_get_code(scope="openid phone")["code"]
-    with RoundTrips(app) as database:
+    with RoundTrips(app) as database, RedisCommands(app) as redis:
         response = journey.redeem(code)
     assert response.status_code == 200 and "id_token" in response.json
     assert database.trips == ["INSERT", "SELECT"]  # the person (with customer and SIMs), the new row
+    # the code taken with its "used" mark (one script, by its SHA), then the family's revocation mark checked
+    assert redis.commands == ["EVALSHA", "EXISTS"]
 
 
 def test_refresh_is_a_lookup_and_one_rotation(warm):

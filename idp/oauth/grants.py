@@ -18,7 +18,7 @@ from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core.grants import OpenIDCode, OpenIDToken
 from authlib.oidc.core.util import create_half_hash
-from flask import current_app
+from flask import current_app, request as flask_request
 
 from .. import gateway, people, sessions, signals
 from ..store import store
@@ -125,7 +125,7 @@ class AuthorizationCodeGrant(IssuingMixin, grants.AuthorizationCodeGrant):
     def query_authorization_code(self, code, client):
         if not code or len(code) > 128:
             return None
-        record = tokens.redeem_code(code)
+        record = tokens.redeem_code(code, flask_request.environ)
         if record is None or record["client_id"] != client.client_id or record["expires_at"] <= time.time():
             return None
         return CodeRecord(**record)

@@ -172,24 +172,29 @@ return {0, false}
 """
 
 
-def peek_code(code: str) -> dict | None:
-    """The code's record, left in place (``idp.fastpaths`` checks a redemption before it takes the code)."""
-    return store().get("code:" + sha256(code))
+TAKEN_CODE = "idp.taken_code"  # environ key: a code this request has already taken, and what it held
 
 
-def redeem_code(code: str) -> dict | None:
-    """Take the code (atomically, once). A second presentation revokes what the first one obtained."""
+def redeem_code(code: str, environ: dict | None = None) -> dict | None:
+    """Take the code (atomically, once). A second presentation revokes what the first one obtained.
+
+    With ``environ`` the outcome is kept in the request: ``idp.fastpaths`` takes the code first, and a request it
+    then hands to Flask continues with what it took (taking again would find its own "used" mark)."""
+    if environ is not None and TAKEN_CODE in environ and environ[TAKEN_CODE][0] == code:
+        return environ[TAKEN_CODE][1]
     digest = sha256(code)
-    outcome, raw = store().redis.eval(_REDEEM, 2, store().key("code:" + digest), store().key("code-used:" + digest),
-                                      int(current_app.config["REFRESH_TOKEN_TTL"]))
-    if outcome == 1:
-        return json.loads(raw)
+    s = store()
+    outcome, raw = s.script(_REDEEM)(keys=[s.key("code:" + digest), s.key("code-used:" + digest)],
+                                     args=[int(current_app.config["REFRESH_TOKEN_TTL"])])
+    record = json.loads(raw) if outcome == 1 else None
     if outcome == 2:
-        record = json.loads(raw)
-        revoke_family(record["family_id"])
-        signals.emit(signals.TOKEN_REUSE_DETECTED, "refused", account_id=record["account_id"],
-                     client_id=record["client_id"], kind="authorization_code")
-    return None
+        used = json.loads(raw)
+        revoke_family(used["family_id"])
+        signals.emit(signals.TOKEN_REUSE_DETECTED, "refused", account_id=used["account_id"],
+                     client_id=used["client_id"], kind="authorization_code")
+    if environ is not None:
+        environ[TAKEN_CODE] = (code, record)
+    return record
 
 
 def confirm_family_alive(family_id: str) -> None:
