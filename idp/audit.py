@@ -26,17 +26,29 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 _SECRET_WORDS = ("password", "secret", "code", "pin", "answer", "token", "otp")
 
 
+def _environ() -> dict | None:
+    """The WSGI environ of the request being answered: Flask's, or one answered before Flask (``idp.fastpaths``
+    keeps it in ``g`` of its application context); None on the console."""
+    if has_request_context():
+        return request.environ
+    return g.get("wsgi_environ")
+
+
 def correlation_id() -> str:
-    if not has_request_context():
+    environ = _environ()
+    if environ is None:
         return "cli-" + secrets.token_hex(6)
     if "correlation_id" not in g:
-        supplied = request.headers.get("X-Request-ID", "")
+        supplied = environ.get("HTTP_X_REQUEST_ID", "")
         g.correlation_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(12)
     return g.correlation_id
 
 
+_SECRET_KEY = re.compile("|".join(_SECRET_WORDS), re.IGNORECASE)
+
+
 def _safe(details: dict) -> dict:
-    return {k: v for k, v in details.items() if not any(word in k.lower() for word in _SECRET_WORDS)
+    return {k: v for k, v in details.items() if not _SECRET_KEY.search(k)
             and isinstance(v, (str, int, float, bool, type(None)))}
 
 
@@ -49,9 +61,10 @@ def record(event: str, outcome: str, account_id=None, line=None, client_id=None,
            "masked_line": msisdn.mask(line) if line else None, "client_id": client_id,
            "correlation_id": correlation_id(), "details": _safe(details or {}), "client_address": None,
            "user_agent": None}
-    if has_request_context():
-        row["client_address"] = request.remote_addr
-        row["user_agent"] = (request.user_agent.string or "")[:300]
+    environ = _environ()
+    if environ is not None:
+        row["client_address"] = environ.get("REMOTE_ADDR")
+        row["user_agent"] = environ.get("HTTP_USER_AGENT", "")[:300]
     database.execute(_INSERT_EVENT, row, beside_session=True)  # one INSERT in autocommit, on its own connection
 
 
@@ -73,6 +86,11 @@ def add_request_id_header(response):
     if has_request_context() and "correlation_id" in g:
         response.headers.setdefault("X-Request-ID", g.correlation_id)
     return response
+
+
+def request_id_header() -> list[tuple[str, str]]:
+    """For a response made before Flask: the header ``add_request_id_header`` adds when an event was recorded."""
+    return [("X-Request-ID", g.correlation_id)] if "correlation_id" in g else []
 
 
 # reading --------------------------------------------------------------------------------------------------------

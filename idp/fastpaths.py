@@ -36,10 +36,12 @@ from urllib.parse import parse_qsl
 import redis
 import sqlalchemy.exc
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from flask import g
 from werkzeug.http import HTTP_STATUS_CODES, parse_etags
 
-from . import keystore, observability
+from . import audit, keystore, observability
 from .oauth import discovery
+from .oauth.clients import NETWORK_GRANT
 
 HSTS = "max-age=31536000; includeSubDomains"
 _FORM = "application/x-www-form-urlencoded"
@@ -130,6 +132,7 @@ class BeforeFlask:
     def _answer_or_pass_on(self, environ, start_response, endpoint: str, handler):
         started = time.perf_counter()
         with self.app.app_context():
+            g.wsgi_environ = environ  # for the audit log: address, user agent, request id
             try:
                 status, body, headers = handler(environ)
             except _PassOn:
@@ -141,6 +144,7 @@ class BeforeFlask:
                     self.app.logger.exception("answering %s before Flask failed; Flask answers", endpoint)
                 return self.wsgi_app(environ, start_response)
             observability.record_request(endpoint, environ["REQUEST_METHOD"], status, time.perf_counter() - started)
+            headers += audit.request_id_header()
         headers += [("Content-Length", str(len(body))), *self._security_headers()]
         start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", headers)
         return [body]
@@ -196,7 +200,8 @@ class BeforeFlask:
         return 200, b"{}", list(_NO_STORE_JSON)
 
     def _token(self, environ) -> tuple[int, bytes, list]:
-        form = self._form(environ, {"grant_type", "scope", "refresh_token", "code", "redirect_uri", "code_verifier"})
+        form = self._form(environ, {"grant_type", "scope", "refresh_token", "code", "redirect_uri", "code_verifier",
+                                    "client_id"})
         grant_type = form.get("grant_type")
         if grant_type == "client_credentials" and set(form) <= {"grant_type", "scope"}:
             return self._client_credentials(environ, form)
@@ -206,6 +211,8 @@ class BeforeFlask:
         if grant_type == "authorization_code" and form.get("code") \
                 and set(form) <= {"grant_type", "code", "redirect_uri", "code_verifier"}:
             return self._code(environ, form)
+        if grant_type == NETWORK_GRANT and form.get("client_id") and set(form) <= {"grant_type", "client_id", "scope"}:
+            return self._network(environ, form)
         raise _PassOn
 
     def _client_credentials(self, environ, form: dict) -> tuple[int, bytes, list]:
@@ -293,6 +300,45 @@ class BeforeFlask:
             tokens.confirm_family_alive(code.family_id)
         except Exception as error:
             raise _Failed(error) from error
+        return 200, body, list(_NO_STORE_JSON)
+
+    def _network(self, environ, form: dict) -> tuple[int, bytes, list]:
+        """The network-autologin grant of a first-party public app (``grants.NetworkAutologinGrant``): the same
+        checks, the same identity (``gateway.identify``, decided once per request and kept in the environ, so a
+        request handed to Flask after it is not identified twice), the same tokens and audit event."""
+        from authlib.oauth2.rfc6749 import scope_to_list
+
+        from . import gateway, signals
+        from .oauth import tokens
+        from .oauth.clients import query_client
+        from .oauth.grants import id_token
+        from .oauth.scopes import ACR_NETWORK, AMR, SCOPES
+        if "HTTP_AUTHORIZATION" in environ:
+            raise _PassOn
+        client = query_client(form["client_id"])
+        if client is None or not client.check_endpoint_auth_method("none", "token") or not client.first_party \
+                or not client.check_grant_type(NETWORK_GRANT):
+            raise _PassOn
+        requested = scope_to_list(form.get("scope")) or []
+        if set(requested) - set(SCOPES) or set(requested) - set(scope_to_list(client.get_allowed_scope(
+                " ".join(requested))) or []):
+            raise _PassOn
+        person = gateway.eligible_account(gateway.identify(environ))
+        if person is None:
+            raise _PassOn
+        scope = " ".join(requested)
+        login = tokens.new_family(int(time.time()), ACR_NETWORK, AMR[ACR_NETWORK], None)
+        token, row = tokens.issue(client, NETWORK_GRANT, scope, account=person, login=login,
+                                  include_refresh=client.check_grant_type("refresh_token"))
+        if "openid" in requested:
+            token["id_token"] = id_token(token, client, login, person)
+        body = _authlib_json_bytes(token)
+        try:
+            tokens.save(row)
+        except Exception as error:
+            raise _Failed(error) from error
+        signals.emit(signals.LOGIN_SUCCEEDED, account_id=person.id, line=person.username,
+                     client_id=client.client_id, acr=ACR_NETWORK, via="network_grant")
         return 200, body, list(_NO_STORE_JSON)
 
     @staticmethod

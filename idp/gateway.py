@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-from flask import current_app, g, request
+from flask import current_app, request
 
 from . import msisdn, ratelimit, signals
 from .store import store
@@ -59,8 +59,8 @@ def _environ_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
 
-def _msisdn_like_headers() -> list[str]:
-    return [k for k in request.environ if k.startswith("HTTP_") and ("MSISDN" in k or "CALLING_LINE" in k)]
+def _msisdn_like_headers(environ) -> list[str]:
+    return [k for k in environ if k.startswith("HTTP_") and ("MSISDN" in k or "CALLING_LINE" in k)]
 
 
 def sign(secret: str, number: str, ts: int, nonce: str) -> str:
@@ -83,26 +83,32 @@ def _spoof(reason: str, number: str | None = None) -> None:
     signals.emit(signals.AUTOLOGIN_SPOOF, "refused", line=number, reason=reason)
 
 
-def identify() -> NetworkIdentity | None:
-    """The verified network identity of this request, or None (spoof attempts are logged). Memoised per request."""
-    if "network_identity" in g:
-        return g.network_identity
-    g.network_identity = _identify()
-    return g.network_identity
+_IDENTITY = "idp.network_identity"  # environ key: the request's identity, decided once
 
 
-def _identify() -> NetworkIdentity | None:
+def identify(environ: dict | None = None) -> NetworkIdentity | None:
+    """The verified network identity of this request (Flask's, or the WSGI ``environ`` of a request answered before
+    Flask), or None; spoof attempts are logged. Decided once per request (the nonce is single-use) and kept in the
+    environ, so a request handed from ``idp.fastpaths`` to Flask is not identified twice."""
+    environ = request.environ if environ is None else environ
+    if _IDENTITY not in environ:
+        environ[_IDENTITY] = _identify(environ)
+    return environ[_IDENTITY]
+
+
+def _identify(environ) -> NetworkIdentity | None:
     config = current_app.config
-    present = _msisdn_like_headers()
+    present = _msisdn_like_headers(environ)
     if not present:
         return None
     header_key = _environ_key(config["AUTOLOGIN_MSISDN_HEADER"])
-    raw = request.environ.get(header_key, "")
+    raw = environ.get(header_key, "")
     typed = msisdn.try_normalise(raw.split(",")[0]) if raw else None
     if not enabled():
         _spoof("autologin_off", typed)
         return None
-    if not _trusted_peer(request.remote_addr):
+    peer = environ.get("REMOTE_ADDR")  # after ProxyFix (the trusted hops only), as Flask's request.remote_addr
+    if not _trusted_peer(peer):
         _spoof("untrusted_peer", typed)
         return None
     expected_keys = {header_key, _environ_key(config["AUTOLOGIN_SIGNATURE_HEADER"])}
@@ -115,7 +121,7 @@ def _identify() -> NetworkIdentity | None:
     if typed is None:
         _spoof("malformed_msisdn")
         return None
-    signature = _parse_signature(request.environ.get(_environ_key(config["AUTOLOGIN_SIGNATURE_HEADER"]), ""))
+    signature = _parse_signature(environ.get(_environ_key(config["AUTOLOGIN_SIGNATURE_HEADER"]), ""))
     if signature is None:
         _spoof("missing_signature", typed)
         return None
@@ -139,7 +145,7 @@ def _identify() -> NetworkIdentity | None:
         _spoof("replayed", typed)
         return None
     line_counter = ratelimit.key("autologin-line", typed)
-    address_counter = ratelimit.key("autologin-address", request.remote_addr or "-")
+    address_counter = ratelimit.key("autologin-address", peer or "-")
     counts = _take_nonce_and_count(f"gateway-nonce:{signature['kid']}:{signature['nonce']}",
                                    2 * int(config["AUTOLOGIN_MAX_SKEW"]) + 5, line_counter, address_counter)
     if counts is None:

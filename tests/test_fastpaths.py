@@ -313,3 +313,85 @@ def test_a_code_presented_twice_goes_to_flask_the_second_time_and_ends_the_famil
         again = journey.redeem(code)
     assert reached == [1] and again.status_code == 400 and again.json["error"] == "invalid_grant"
     assert client.get("/userinfo", headers={"Authorization": "Bearer " + issued["access_token"]}).status_code == 401
+
+
+@pytest.fixture
+def native(make_app):
+    from .gateway import GATEWAY_SETTINGS
+    app = make_app(**GATEWAY_SETTINGS)
+    factory = Factory(app)
+    factory.account()
+    my3 = factory.rp(name="My3", redirect_uri=None, auth_method="none", first_party=True, native_login=True,
+                     grant_types=("authorization_code", "refresh_token", NETWORK_GRANT), scope="openid phone profile")
+    return app, app.test_client(), my3
+
+
+NETWORK_GRANT = "urn:selfcare:params:oauth:grant-type:network"
+
+
+def _network(client, my3, headers, **extra):
+    return client.post("/token", data={"grant_type": NETWORK_GRANT, "client_id": my3.client_id,
+                                       "scope": "openid phone", **extra}, headers=headers)
+
+
+def _audit(app, event_type):
+    from idp.extensions import db
+    from idp.models import AuditEvent
+    with app.app_context():
+        return db.session.query(AuditEvent).filter_by(type=event_type).order_by(AuditEvent.id).all()
+
+
+def test_the_network_grant_is_answered_before_flask_as_authlib_answers(native):
+    from .gateway import signed_headers
+    from .helpers import LINE
+    app, client, my3 = native
+    with flask_requests(app) as reached:
+        fast = _network(client, my3, {**signed_headers(LINE), "X-Request-ID": "req-fast-0001",
+                                      "User-Agent": "My3/7.1"})
+    with flask_requests(app) as reached_slow:  # an extra parameter: Authlib's grant, for comparison
+        slow = _network(client, my3, signed_headers(LINE), x="1")
+    assert reached == [] and reached_slow == [1] and fast.status_code == slow.status_code == 200
+    assert list(fast.json) == list(slow.json) == ["access_token", "expires_in", "id_token", "refresh_token", "scope",
+                                                  "token_type"]
+    assert headers_of(fast) | {"Content-Length": None} == headers_of(slow) | {"Content-Length": None}
+    assert fast.headers["X-Request-ID"] == "req-fast-0001"  # as Flask's answer carries it once an event is recorded
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+    keys = KeySet.import_key_set(client.get("/jwks.json").json)
+    fast_id, slow_id = (jwt.decode(r.json["id_token"], keys).claims for r in (fast, slow))
+    assert set(fast_id) == set(slow_id) and fast_id["acr"] == "urn:selfcare:acr:network" and fast_id["amr"] == ["mno"]
+    logins = _audit(app, "login.succeeded")
+    assert len(logins) == 2 and logins[0].correlation_id == "req-fast-0001"
+    assert logins[0].client_address == logins[1].client_address == "127.0.0.1"
+    assert logins[0].user_agent == "My3/7.1" and logins[0].details["via"] == "network_grant"
+
+
+def test_an_ineligible_line_goes_to_flask_identified_once(native):
+    """The nonce is spent by the lane before Flask; Flask goes on with that identity instead of meeting its own
+    nonce again (which would be logged as a replay)."""
+    from .gateway import signed_headers
+    app, client, my3 = native
+    with flask_requests(app) as reached:
+        response = _network(client, my3, signed_headers("+393930000077"))
+    assert reached == [1] and response.status_code == 400 and response.json["error"] == "invalid_grant"
+    assert _audit(app, "autologin.spoof") == []
+
+
+@pytest.mark.parametrize("case", ["no signature", "secret sent", "other scope", "not first party"])
+def test_unusual_network_grant_requests_go_to_flask(native, case):
+    from .gateway import signed_headers
+    from .helpers import LINE
+    app, client, my3 = native
+    headers, extra = signed_headers(LINE), {}
+    if case == "no signature":
+        headers = {"X-MSISDN": LINE}
+    elif case == "secret sent":
+        headers["Authorization"] = basic(my3.client_id, "x" * 40)
+    elif case == "other scope":
+        extra = {"scope": "openid lines"}
+    else:
+        other = Factory(app).rp(name="Other", auth_method="none", grant_types=("authorization_code",), scope="openid")
+        my3 = other
+    with flask_requests(app) as reached:
+        response = _network(client, my3, headers, **extra)
+    assert reached == [1] and response.status_code < 500  # Flask's answer, whatever it is (Authlib's rules)

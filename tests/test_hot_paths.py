@@ -208,3 +208,22 @@ def test_new_token_rows_have_exactly_the_columns_of_the_tokens_table():
     from idp.oauth.tokens import NewToken
     columns = {column.key for column in Token.__table__.columns if column.key != "id"}
     assert {field.name for field in dataclasses.fields(NewToken)} == columns
+
+
+def test_network_grant_is_one_lookup_two_inserts_and_one_redis_step(make_app):
+    from .gateway import GATEWAY_SETTINGS, signed_headers
+    from .helpers import LINE, Factory
+    app = make_app(**GATEWAY_SETTINGS, CLIENT_CACHE_TTL=60)
+    factory = Factory(app)
+    factory.account()
+    grant = "urn:selfcare:params:oauth:grant-type:network"
+    my3 = factory.rp(name="My3", redirect_uri=None, auth_method="none", first_party=True, native_login=True,
+                     grant_types=("authorization_code", "refresh_token", grant), scope="openid phone")
+    client = app.test_client()
+    data = {"grant_type": grant, "client_id": my3.client_id, "scope": "openid phone"}
+    assert client.post("/token", data=data, headers=signed_headers(LINE)).status_code == 200  # warms the caches
+    with RoundTrips(app) as database, RedisCommands(app) as redis:
+        response = client.post("/token", data=data, headers=signed_headers(LINE))
+    assert response.status_code == 200 and "id_token" in response.json
+    assert database.trips == ["INSERT", "INSERT", "SELECT"]  # the eligible person, the token row, the audit event
+    assert redis.commands == ["EVALSHA"]  # the gateway's nonce and both limits, in one step
