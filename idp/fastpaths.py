@@ -42,10 +42,14 @@ from werkzeug.http import HTTP_STATUS_CODES, parse_etags
 from . import audit, keystore, observability
 from .oauth import discovery
 from .oauth.clients import NETWORK_GRANT
+from .oauth.exchange import ACCESS_TOKEN as ACCESS_TOKEN_TYPE
+from .oauth.exchange import GRANT as EXCHANGE_GRANT
 
 HSTS = "max-age=31536000; includeSubDomains"
 _FORM = "application/x-www-form-urlencoded"
 _CODE_VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")  # RFC 7636 §4.1
+_EXCHANGE_PARAMETERS = frozenset(("grant_type", "subject_token", "subject_token_type", "audience", "resource", "scope",
+                                  "requested_token_type"))
 _NO_STORE_JSON = (("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("Pragma", "no-cache"))
 _DEPENDENCY_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
                       redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, keystore.KeyStoreError)
@@ -201,7 +205,7 @@ class BeforeFlask:
 
     def _token(self, environ) -> tuple[int, bytes, list]:
         form = self._form(environ, {"grant_type", "scope", "refresh_token", "code", "redirect_uri", "code_verifier",
-                                    "client_id"})
+                                    "client_id", *_EXCHANGE_PARAMETERS})
         grant_type = form.get("grant_type")
         if grant_type == "client_credentials" and set(form) <= {"grant_type", "scope"}:
             return self._client_credentials(environ, form)
@@ -213,6 +217,9 @@ class BeforeFlask:
             return self._code(environ, form)
         if grant_type == NETWORK_GRANT and form.get("client_id") and set(form) <= {"grant_type", "client_id", "scope"}:
             return self._network(environ, form)
+        if grant_type == EXCHANGE_GRANT and form.get("subject_token_type") == ACCESS_TOKEN_TYPE \
+                and set(form) <= _EXCHANGE_PARAMETERS:
+            return self._exchange(environ, form)
         raise _PassOn
 
     def _client_credentials(self, environ, form: dict) -> tuple[int, bytes, list]:
@@ -242,7 +249,6 @@ class BeforeFlask:
         from authlib.oauth2.rfc6749 import scope_to_list
 
         from .oauth import tokens
-        from .oauth.exchange import GRANT as EXCHANGE_GRANT
         from .oauth.grants import id_token
         client = self._basic_client(environ, "token")
         if not client.check_grant_type("refresh_token"):
@@ -340,6 +346,28 @@ class BeforeFlask:
         signals.emit(signals.LOGIN_SUCCEEDED, account_id=person.id, line=person.username,
                      client_id=client.client_id, acr=ACR_NETWORK, via="network_grant")
         return 200, body, list(_NO_STORE_JSON)
+
+    def _exchange(self, environ, form: dict) -> tuple[int, bytes, list]:
+        """Token exchange (RFC 8693) of one of our access tokens, as ``exchange.TokenExchangeGrant`` does it, with
+        its functions (``validate``, ``exchange_token``, ``announce``): checking such a subject changes nothing, so
+        any refusal goes on to Flask, which answers and audits it."""
+        from authlib.oauth2 import OAuth2Error
+        from werkzeug.datastructures import MultiDict
+
+        from .oauth import exchange, tokens
+        client = self._basic_client(environ, "token")
+        try:
+            request = exchange.validate(client, MultiDict(form))
+        except OAuth2Error:
+            raise _PassOn from None
+        token, row = exchange.exchange_token(client, request)
+        try:
+            tokens.save(row)
+        except Exception as error:
+            raise _Failed(error) from error
+        token["issued_token_type"] = exchange.ACCESS_TOKEN
+        exchange.announce(client, request, row)
+        return 200, _authlib_json_bytes(token), list(_NO_STORE_JSON)
 
     @staticmethod
     def _basic_client(environ, endpoint: str):

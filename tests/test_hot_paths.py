@@ -227,3 +227,20 @@ def test_network_grant_is_one_lookup_two_inserts_and_one_redis_step(make_app):
     assert response.status_code == 200 and "id_token" in response.json
     assert database.trips == ["INSERT", "INSERT", "SELECT"]  # the eligible person, the token row, the audit event
     assert redis.commands == ["EVALSHA"]  # the gateway's nonce and both limits, in one step
+
+
+def test_exchanging_our_access_token_is_one_lookup_and_two_inserts(warm):
+    from idp.oauth import exchange
+    app, client, rp, tokens = warm
+    with app.app_context():
+        exchange.set_policy(rp.client_id, subject_token_types=["access_token"], issuers=["self"],
+                            audiences=["https://api.example"], scopes=["phone"])
+    data = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": tokens["access_token"],
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "audience": "https://api.example",
+            "scope": "phone"}
+    assert client.post("/token", data=data, headers=basic(rp.client_id, rp.secret)).status_code == 200  # warms
+    with RoundTrips(app) as database, RedisCommands(app) as redis:
+        response = client.post("/token", data=data, headers=basic(rp.client_id, rp.secret))
+    assert response.status_code == 200 and response.json["issued_token_type"].endswith("access_token")
+    assert database.trips == ["INSERT", "INSERT", "SELECT"]  # the subject token and its person, the row, the audit
+    assert redis.commands == []

@@ -240,6 +240,34 @@ def test_discovery_advertises_the_exchange_grant(env):
 
 # our own access tokens ------------------------------------------------------------------------------------------
 
+def test_exchanging_our_access_token_is_answered_before_flask_as_the_grant_answers(env):
+    """idp/fastpaths.py answers the common exchange (our access token, client_secret_basic) with the grant's own
+    functions; an extra parameter sends the same exchange through Authlib, for comparison. A refusal goes to
+    Flask, which answers and audits it once."""
+    from flask import request_started
+    subject = env.my3_tokens()
+    reached = []
+    with request_started.connected_to(lambda sender, **extra: reached.append(1), env.app):
+        fast = env.exchange(subject_token=subject["access_token"], subject_token_type=AT, audience=LINES_API,
+                            scope="phone")
+        assert reached == []
+        slow = env.exchange(subject_token=subject["access_token"], subject_token_type=AT, audience=LINES_API,
+                            scope="phone", x="1")
+        assert reached == [1]
+        refused = env.exchange(subject_token=subject["access_token"], subject_token_type=AT, audience="elsewhere")
+        assert reached == [1, 1]
+    assert fast.status_code == slow.status_code == 200 and list(fast.json) == list(slow.json)
+    for name in ("Content-Type", "Cache-Control", "Pragma"):
+        assert fast.headers.get(name) == slow.headers.get(name), name
+    fast_claims, slow_claims = env.claims(fast.json["access_token"]).claims, env.claims(slow.json["access_token"]).claims
+    assert set(fast_claims) == set(slow_claims)
+    assert {k: v for k, v in fast_claims.items() if k not in ("jti", "iat", "exp")} == \
+        {k: v for k, v in slow_claims.items() if k not in ("jti", "iat", "exp")}
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_target"
+    assert len(env.events("token.exchanged")) == 2 and len(env.events("token.exchange_refused")) == 1
+    assert env.row(fast_claims["jti"]).grant_type == GRANT
+
+
 def test_own_access_token_is_exchanged_for_an_api_token(env):
     subject = env.my3_tokens()
     original = env.claims(subject["access_token"]).claims

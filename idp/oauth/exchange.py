@@ -725,74 +725,91 @@ class ExchangeRequest:
     include_refresh: bool
 
 
+def validate(client, form, seen: dict | None = None) -> ExchangeRequest:
+    """Check an exchange by an authenticated ``client`` (``form``: the request's parameters, with ``getlist``) and
+    say what it yields; raise the RFC's error. Remembers a used single-use subject token last, when every check
+    passed. ``seen["subject"]`` is the subject token once it was recognised (for the refusal's audit event)."""
+    policy = policy_of(client)
+    if policy is None or not client.check_grant_type(GRANT):
+        raise UnauthorizedClientError("The client may not exchange tokens.")
+    for name in _SINGLE_PARAMETERS:
+        if len(form.getlist(name)) > 1:
+            raise _bad(f"Repeated '{name}' parameter.")
+    requested_type = form.get("requested_token_type")
+    if requested_type and requested_type != ACCESS_TOKEN:
+        raise _bad("Only access tokens are issued ('requested_token_type').")
+    subject = present(form.get("subject_token"), form.get("subject_token_type"), "subject", client, policy)
+    if seen is not None:
+        seen["subject"] = subject
+    actor = None
+    if form.get("actor_token") or form.get("actor_token_type"):
+        actor = present(form.get("actor_token"), form.get("actor_token_type"), "actor", client, policy)
+    _may_act(subject, actor)
+    audience = _target(form, policy)
+    scope = _scope(form, subject, policy)
+    act = _act(subject, actor)
+    include_refresh = policy.refresh and act is None and client.check_grant_type("refresh_token")
+    if subject.replay_key is not None:
+        ttl = int(subject.expires_at - time.time()) + LEEWAY + 60
+        if not store().add(subject.replay_key, 1, max(ttl, 60)):
+            signals.emit(signals.TOKEN_REUSE_DETECTED, "refused", account_id=subject.account.id,
+                         client_id=client.client_id, kind="exchange_subject_token", issuer=subject.issuer)
+            raise _bad("The subject token has already been exchanged.")
+    return ExchangeRequest(subject, actor, audience, scope, act, include_refresh)
+
+
+def exchange_token(client, exchange: ExchangeRequest) -> tuple[dict, tokens.NewToken]:
+    """The token response of a validated exchange and its (unsaved) row; ``issued_token_type`` is added by the
+    caller after saving (authlib-1.9.md §1.4)."""
+    subject = exchange.subject
+    family = None
+    if subject.family_expires_at is not None:
+        longest = int(time.time()) + int(current_app.config["REFRESH_FAMILY_TTL"])
+        family = (secrets.token_hex(16), min(subject.family_expires_at, longest))
+    return issue(client, subject.account, exchange.audience, exchange.scope, subject.assurance,
+                 act=exchange.act, not_after=subject.expires_at, family=family,
+                 include_refresh=exchange.include_refresh)
+
+
+def announce(client, exchange: ExchangeRequest, row: tokens.NewToken) -> None:
+    """The audit event of a saved exchange."""
+    subject = exchange.subject
+    signals.emit(signals.TOKEN_EXCHANGED, account_id=subject.account.id, line=subject.account.username,
+                 client_id=client.client_id, audience=exchange.audience, scope=exchange.scope,
+                 subject_type=SHORT_NAMES[subject.token_type], subject_issuer=subject.issuer,
+                 actor=exchange.act.get("sub") if exchange.act else None, jti=row.jti,
+                 acr=subject.assurance.acr, refresh=bool(row.refresh_hash))
+
+
 class TokenExchangeGrant(grants.BaseGrant, grants.TokenEndpointMixin):
     GRANT_TYPE = GRANT
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
 
     def validate_token_request(self):
+        seen: dict = {}
         try:
-            self._validate()
+            client = self.authenticate_token_endpoint_client()
+            self.request.client = client
+            exchange = validate(client, flask_request.form, seen)
         except OAuth2Error as error:
             client = getattr(self.request, "client", None)
-            subject = getattr(self, "_subject_seen", None)
+            subject = seen.get("subject")
             signals.emit(signals.TOKEN_EXCHANGE_REFUSED, "refused",
                          client_id=client.client_id if client is not None else None,
                          account_id=subject.account.id if subject is not None and subject.account else None,
                          error=error.error, reason=error.description,
                          subject_type=SHORT_NAMES.get(flask_request.form.get("subject_token_type") or ""))
             raise
-
-    def _validate(self):
-        client = self.authenticate_token_endpoint_client()
-        self.request.client = client
-        policy = policy_of(client)
-        if policy is None or not client.check_grant_type(GRANT):
-            raise UnauthorizedClientError("The client may not exchange tokens.")
-        form = flask_request.form
-        for name in _SINGLE_PARAMETERS:
-            if len(form.getlist(name)) > 1:
-                raise _bad(f"Repeated '{name}' parameter.")
-        requested_type = form.get("requested_token_type")
-        if requested_type and requested_type != ACCESS_TOKEN:
-            raise _bad("Only access tokens are issued ('requested_token_type').")
-        subject = present(form.get("subject_token"), form.get("subject_token_type"), "subject", client,
-                          policy)
-        self._subject_seen = subject
-        actor = None
-        if form.get("actor_token") or form.get("actor_token_type"):
-            actor = present(form.get("actor_token"), form.get("actor_token_type"), "actor", client, policy)
-        _may_act(subject, actor)
-        audience = _target(form, policy)
-        scope = _scope(form, subject, policy)
-        act = _act(subject, actor)
-        include_refresh = policy.refresh and act is None and client.check_grant_type("refresh_token")
-        if subject.replay_key is not None:
-            ttl = int(subject.expires_at - time.time()) + LEEWAY + 60
-            if not store().add(subject.replay_key, 1, max(ttl, 60)):
-                signals.emit(signals.TOKEN_REUSE_DETECTED, "refused", account_id=subject.account.id,
-                             client_id=client.client_id, kind="exchange_subject_token", issuer=subject.issuer)
-                raise _bad("The subject token has already been exchanged.")
-        self.request.user = subject.account
-        self.request.exchange = ExchangeRequest(subject, actor, audience, scope, act, include_refresh)
+        self.request.user = exchange.subject.account
+        self.request.exchange = exchange
 
     def create_token_response(self):
         client, exchange = self.request.client, self.request.exchange
-        subject = exchange.subject
-        family = None
-        if subject.family_expires_at is not None:
-            longest = int(time.time()) + int(current_app.config["REFRESH_FAMILY_TTL"])
-            family = (secrets.token_hex(16), min(subject.family_expires_at, longest))
-        token, row = issue(client, subject.account, exchange.audience, exchange.scope, subject.assurance,
-                           act=exchange.act, not_after=subject.expires_at, family=family,
-                           include_refresh=exchange.include_refresh)
+        token, row = exchange_token(client, exchange)
         self.request.token_row = row
         self.save_token(token)  # saves the row; the extra response member comes after (authlib-1.9.md §1.4)
         token["issued_token_type"] = ACCESS_TOKEN
-        signals.emit(signals.TOKEN_EXCHANGED, account_id=subject.account.id, line=subject.account.username,
-                     client_id=client.client_id, audience=exchange.audience, scope=exchange.scope,
-                     subject_type=SHORT_NAMES[subject.token_type], subject_issuer=subject.issuer,
-                     actor=exchange.act.get("sub") if exchange.act else None, jti=row.jti,
-                     acr=subject.assurance.acr, refresh=bool(row.refresh_hash))
+        announce(client, exchange, row)
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
