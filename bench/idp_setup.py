@@ -222,12 +222,13 @@ def seed_refresh_tokens(database_url: str, n: int, accounts: int, client_id: str
     rnd = random.Random(8)
     with psycopg.connect(database_url) as conn:
         with conn.cursor() as cur:
-            with cur.copy("COPY tokens (jti, client_id, account_id, grant_type, scope, audience, issued_at, expires_at, "
-                          "refresh_hash, refresh_expires_at, refresh_used_at, family_id, family_expires_at, sid, "
-                          "auth_time, acr, amr) FROM STDIN") as copy:
+            with cur.copy("COPY tokens (jti, access_hash, client_id, account_id, grant_type, scope, audience, "
+                          "issued_at, expires_at, refresh_hash, refresh_expires_at, refresh_used_at, family_id, "
+                          "family_expires_at, sid, auth_time, acr, amr) FROM STDIN") as copy:
                 for _ in range(n):
                     issued = now - rnd.randrange(86400 * 20)
-                    copy.write_row((secrets.token_urlsafe(18), client_id, rnd.randrange(accounts) + 1,
+                    copy.write_row((secrets.token_urlsafe(18), hashlib.sha256(secrets.token_bytes(32)).hexdigest(),
+                                    client_id, rnd.randrange(accounts) + 1,
                                     "authorization_code", USER_SCOPE, None, issued, issued + 600,
                                     hashlib.sha256(secrets.token_bytes(32)).hexdigest(), issued + 86400,
                                     issued + 3600 if rnd.random() < 1 / 3 else None, secrets.token_hex(16),
@@ -241,6 +242,13 @@ def seed_refresh_tokens(database_url: str, n: int, accounts: int, client_id: str
 def analyze(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ANALYZE")
+
+
+def vacuum_tokens(database_url: str) -> None:
+    """What autovacuum does on a production server (this kind of machine runs PostgreSQL with it off): the dead
+    row versions refresh rotation and revocation leave behind are reclaimed, the statistics brought up to date."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) tokens")
 
 
 def count_rows(database_url: str, table: str) -> int:
