@@ -235,7 +235,7 @@ class Bench:
                           autologin_skew=max(60, int(args.duration + args.warmup) + 60))
         self.instances.append(inst)
         t0 = time.perf_counter()
-        marker = f"selfcare-idp bench: accounts={accounts} refresh={refresh_filler} (rows with access_hash)"
+        marker = f"selfcare-idp bench: accounts={accounts} refresh={refresh_filler} (schema 0004, rows with access_hash)"
         reuse = (refresh_filler > 0 and not args.fresh_db and self.database_marker(database) == marker)
         if not reuse:
             S.recreate_database(database)
@@ -528,7 +528,7 @@ class Bench:
         rows = []
         for round_ in range(1, args.scale_rounds + 1):
             for inst, app, label in ((small, small_app, "small"), (large, large_app, "large")):
-                S.vacuum_tokens(inst.database_url)  # autovacuum's work: this machine's PostgreSQL has it off
+                S.settle(inst.database_url)  # autovacuum's work (off on this machine), then a checkpoint
                 proc = self.start_idp(inst, kind, 1, threads, name=f"idp-{label}")
                 for name in ("refresh_rotation", "userinfo"):
                     entry = self.our_case(name, app, inst, proc, target=f"{label} ({inst.accounts} accounts)",

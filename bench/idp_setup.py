@@ -244,11 +244,14 @@ def analyze(database_url: str) -> None:
         conn.execute("ANALYZE")
 
 
-def vacuum_tokens(database_url: str) -> None:
-    """What autovacuum does on a production server (this kind of machine runs PostgreSQL with it off): the dead
-    row versions refresh rotation and revocation leave behind are reclaimed, the statistics brought up to date."""
+def settle(database_url: str) -> None:
+    """Before a measured round: what autovacuum does on a production server (this kind of machine runs PostgreSQL
+    with it off: the dead row versions that refresh rotation and revocation leave behind are reclaimed, the
+    statistics brought up to date), then a checkpoint, so that no round pays for writing out the pages dirtied by
+    the one before it."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("VACUUM (ANALYZE) tokens")
+        conn.execute("CHECKPOINT")
 
 
 def count_rows(database_url: str, table: str) -> int:

@@ -142,6 +142,9 @@ class Token(db.Model):
     reusing the code revokes the family (RFC 6749 §10.4, §4.1.2; OAuth 2.0 Security BCP §4.14).
     """
     __tablename__ = "tokens"
+    # room on each page: setting a revocation/use timestamp (no index covers them) is an update in place that
+    # touches no index (PostgreSQL heap-only tuples; migration 0004)
+    __table_args__ = {"postgresql_with": {"fillfactor": 85}}
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     jti: Mapped[str] = mapped_column(String(64), unique=True)
     access_hash: Mapped[str | None] = mapped_column(String(64), unique=True)  # SHA-256 of the JWT: how we find it
@@ -159,7 +162,7 @@ class Token(db.Model):
     refresh_used_at: Mapped[int | None] = mapped_column(Integer)
     family_id: Mapped[str | None] = mapped_column(String(32), index=True)
     family_expires_at: Mapped[int | None] = mapped_column(Integer)
-    sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    sid: Mapped[str | None] = mapped_column(String(64))  # carried into tokens; never looked up (migration 0004)
     auth_time: Mapped[int | None] = mapped_column(Integer)
     acr: Mapped[str | None] = mapped_column(String(64))
     amr: Mapped[str | None] = mapped_column(String(200))  # space-separated
