@@ -13,9 +13,10 @@ import csv
 import json
 import re
 import secrets
+from contextlib import contextmanager
 from datetime import datetime
 
-from flask import current_app, g, has_request_context, request
+from flask import current_app, g, has_app_context, has_request_context, request
 from sqlalchemy import bindparam, select
 
 from . import database, msisdn, signals
@@ -65,7 +66,23 @@ def record(event: str, outcome: str, account_id=None, line=None, client_id=None,
     if environ is not None:
         row["client_address"] = environ.get("REMOTE_ADDR")
         row["user_agent"] = environ.get("HTTP_USER_AGENT", "")[:300]
+    collecting = g.get("audit_collected") if has_app_context() else None
+    if collecting is not None:
+        collecting.append((_INSERT_EVENT, row))
+        return
     database.execute(_INSERT_EVENT, row, beside_session=True)  # one INSERT in autocommit, on its own connection
+
+
+@contextmanager
+def collected():
+    """Inside the block, events are collected instead of written: ``(statement, row)`` pairs for the caller to
+    write in the same transaction as what they record (``tokens.save(row, also=…)``: the token and the event of its
+    issue stand or fall together, in one round trip)."""
+    g.audit_collected = events = []
+    try:
+        yield events
+    finally:
+        g.pop("audit_collected", None)
 
 
 def _receive(event, **kwargs):

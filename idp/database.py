@@ -188,10 +188,22 @@ def _connections(engine) -> _AutocommitConnections:
 
 
 def _run(statement, params: dict, rows: bool):
+    def one(connection, sqlite: bool, dialect):
+        compiled = _compile(statement, dialect)
+        sql, args = compiled.sql, _arguments(compiled, params)
+        cursor = connection.cursor()
+        try:
+            return _execute(cursor, sql, args, rows, sqlite)
+        finally:
+            cursor.close()
+    return _on_connection(one, statement)
+
+
+def _on_connection(work, statement):
+    """``work(connection, sqlite, dialect)`` on an autocommit connection; driver errors come out as SQLAlchemy's,
+    and a connection that died leaves for good."""
     engine = db.engine
     dialect = engine.dialect
-    compiled = _compile(statement, dialect)
-    sql, args = compiled.sql, _arguments(compiled, params)
     dbapi_error = dialect.loaded_dbapi.Error
     connections = _connections(engine)
     try:
@@ -200,20 +212,58 @@ def _run(statement, params: dict, rows: bool):
         raise exc.DBAPIError.instance(None, None, error, dbapi_error) from error
     connection = held[0]
     try:
-        cursor = connection.cursor()
-        try:
-            result = _execute(cursor, sql, args, rows, connections.sqlite)
-        finally:
-            cursor.close()
+        result = work(connection, connections.sqlite, dialect)
     except dbapi_error as error:
         gone = not _usable(connection) or dialect.is_disconnect(error, connection, None)
         if gone:
             _close(held)
         else:
             connections.put_back(held)  # in autocommit a failed statement leaves nothing open
-        raise exc.DBAPIError.instance(sql, args, error, dbapi_error, connection_invalidated=gone) from error
+        raise exc.DBAPIError.instance(str(statement), None, error, dbapi_error,
+                                      connection_invalidated=gone) from error
     connections.put_back(held)
     return result
+
+
+def execute_together(statements: list[tuple]) -> None:
+    """Several INSERT/UPDATE/DELETE, ``(statement, params)`` each, as one transaction: all of them or none. On
+    PostgreSQL one round trip and one commit (pipeline mode: BEGIN, the statements and COMMIT sent at once, one
+    Sync); on SQLite under the write lock (BEGIN IMMEDIATE … COMMIT). For writes that stand or fall together, such
+    as a token and the audit event of its issue."""
+    def together(connection, sqlite: bool, dialect):
+        from psycopg import pq
+        prepared = [(compiled.sql, _arguments(compiled, params))
+                    for compiled, params in ((_compile(statement, dialect), params) for statement, params in statements)]
+        cursor = connection.cursor()
+        try:
+            if sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, args in prepared:
+                        cursor.execute(sql, args)
+                except BaseException:
+                    cursor.execute("ROLLBACK")
+                    raise
+                cursor.execute("COMMIT")
+                return
+            try:
+                with connection.pipeline():  # psycopg's transaction() would sync at BEGIN and COMMIT: 3 trips
+                    cursor.execute("BEGIN")
+                    for sql, args in prepared:
+                        cursor.execute(sql, args)
+                    cursor.execute("COMMIT")
+            except BaseException:
+                # a failed statement leaves the block open (the server skips the rest until the Sync): end it,
+                # so the connection goes back idle
+                if not connection.closed and connection.info.transaction_status != pq.TransactionStatus.IDLE:
+                    try:
+                        connection.rollback()
+                    except Exception:  # gone: the caller's handler closes it
+                        pass
+                raise
+        finally:
+            cursor.close()
+    _on_connection(together, statements[0][0])
 
 
 def _execute(cursor, sql: str, args, rows: bool, sqlite: bool):

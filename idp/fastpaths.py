@@ -339,12 +339,13 @@ class BeforeFlask:
         if "openid" in requested:
             token["id_token"] = id_token(token, client, login, person)
         body = _authlib_json_bytes(token)
+        with audit.collected() as events:
+            signals.emit(signals.LOGIN_SUCCEEDED, account_id=person.id, line=person.username,
+                         client_id=client.client_id, acr=ACR_NETWORK, via="network_grant")
         try:
-            tokens.save(row)
+            tokens.save(row, also=events)  # the login's token and its audit event: together, one round trip
         except Exception as error:
             raise _Failed(error) from error
-        signals.emit(signals.LOGIN_SUCCEEDED, account_id=person.id, line=person.username,
-                     client_id=client.client_id, acr=ACR_NETWORK, via="network_grant")
         return 200, body, list(_NO_STORE_JSON)
 
     def _exchange(self, environ, form: dict) -> tuple[int, bytes, list]:
@@ -361,12 +362,13 @@ class BeforeFlask:
         except OAuth2Error:
             raise _PassOn from None
         token, row = exchange.exchange_token(client, request)
+        with audit.collected() as events:
+            exchange.announce(client, request, row)
         try:
-            tokens.save(row)
+            tokens.save(row, also=events)  # the token and its audit event: together, one round trip
         except Exception as error:
             raise _Failed(error) from error
         token["issued_token_type"] = exchange.ACCESS_TOKEN
-        exchange.announce(client, request, row)
         return 200, _authlib_json_bytes(token), list(_NO_STORE_JSON)
 
     @staticmethod

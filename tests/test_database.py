@@ -34,3 +34,24 @@ def test_a_statement_runs_while_the_session_holds_every_pooled_connection(one_co
         db.session.rollback()
         assert database.execute(_ADD_CUSTOMER, {}) == 1  # (commits the session's work first: none here)
         assert database.fetch(_COUNT_CUSTOMERS, {})[0][0] >= 1
+
+
+def test_statements_together_are_written_together_or_not_at_all(make_app):
+    """``execute_together`` (a token and its audit event): all or nothing; after a failure the connection is back
+    to idle and serves the next statement."""
+    from sqlalchemy.exc import IntegrityError
+    app = make_app()
+    other = Customer.__table__.insert().values(code="DB-TEST-2", name="Altra",
+                                               updated_at=datetime(2026, 11, 25, tzinfo=timezone.utc))
+    with app.app_context():
+        before = database.fetch(_COUNT_CUSTOMERS, {})[0][0]
+        database.execute_together([(_ADD_CUSTOMER, {}), (other, {})])
+        assert database.fetch(_COUNT_CUSTOMERS, {})[0][0] == before + 2
+        third = Customer.__table__.insert().values(code="DB-TEST-3", name="Terza",
+                                                   updated_at=datetime(2026, 11, 25, tzinfo=timezone.utc))
+        with pytest.raises(IntegrityError):  # the second one repeats a unique code: the first is undone too
+            database.execute_together([(third, {}), (_ADD_CUSTOMER, {})])
+        assert database.fetch(_COUNT_CUSTOMERS, {})[0][0] == before + 2
+        # the connection went back idle: the next statements run (no "current transaction is aborted")
+        database.execute_together([(third, {})])
+        assert database.fetch(_COUNT_CUSTOMERS, {})[0][0] == before + 3

@@ -146,9 +146,15 @@ _TOKEN_COLUMNS = tuple(c.key for c in Token.__table__.columns if c.key != "id")
 _INSERT_TOKEN = Token.__table__.insert().values({key: bindparam(key) for key in _TOKEN_COLUMNS})
 
 
-def save(row: NewToken) -> None:
-    """Insert the row with one INSERT in autocommit (the ORM unit of work costs more than the insert itself)."""
-    database.execute(_INSERT_TOKEN, {key: getattr(row, key) for key in _TOKEN_COLUMNS})
+def save(row: NewToken, also: list[tuple] = ()) -> None:
+    """Insert the row with one INSERT in autocommit (the ORM unit of work costs more than the insert itself);
+    with ``also`` (``(statement, params)`` pairs, e.g. ``audit.collected()`` events) in the same transaction and
+    round trip."""
+    params = {key: getattr(row, key) for key in _TOKEN_COLUMNS}
+    if also:
+        database.execute_together([(_INSERT_TOKEN, params), *also])
+    else:
+        database.execute(_INSERT_TOKEN, params)
     observability.count_token(row.grant_type)
 
 
