@@ -24,7 +24,9 @@ import weakref
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import create_engine, event, exc
+from sqlalchemy import bindparam, create_engine, event, exc
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.visitors import replacement_traverse
 from sqlalchemy.pool import NullPool, Pool
 
 from .extensions import db
@@ -227,43 +229,57 @@ def _on_connection(work, statement):
 
 def execute_together(statements: list[tuple]) -> None:
     """Several INSERT/UPDATE/DELETE, ``(statement, params)`` each, as one transaction: all of them or none. On
-    PostgreSQL one round trip and one commit (pipeline mode: BEGIN, the statements and COMMIT sent at once, one
-    Sync); on SQLite under the write lock (BEGIN IMMEDIATE … COMMIT). For writes that stand or fall together, such
-    as a token and the audit event of its issue."""
+    PostgreSQL one statement, so one round trip and one commit: the others become data-modifying CTEs of the last
+    (``_combined``, compiled once); on SQLite, which has no such CTEs, one after the other under the write lock
+    (BEGIN IMMEDIATE … COMMIT). For writes that stand or fall together, such as a token and the audit event of its
+    issue."""
+    if len(statements) == 1:
+        execute(statements[0][0], statements[0][1])
+        return
+    if db.engine.dialect.name == "postgresql":
+        combined = _combined(tuple(statement for statement, _params in statements))
+        params = dict(statements[-1][1])
+        for index, (_statement, values) in enumerate(statements[:-1]):
+            params.update({f"w{index}_{name}": value for name, value in values.items()})
+        execute(combined, params)
+        return
+
     def together(connection, sqlite: bool, dialect):
-        from psycopg import pq
-        prepared = [(compiled.sql, _arguments(compiled, params))
-                    for compiled, params in ((_compile(statement, dialect), params) for statement, params in statements)]
         cursor = connection.cursor()
         try:
-            if sqlite:
-                cursor.execute("BEGIN IMMEDIATE")
-                try:
-                    for sql, args in prepared:
-                        cursor.execute(sql, args)
-                except BaseException:
-                    cursor.execute("ROLLBACK")
-                    raise
-                cursor.execute("COMMIT")
-                return
+            cursor.execute("BEGIN IMMEDIATE")
             try:
-                with connection.pipeline():  # psycopg's transaction() would sync at BEGIN and COMMIT: 3 trips
-                    cursor.execute("BEGIN")
-                    for sql, args in prepared:
-                        cursor.execute(sql, args)
-                    cursor.execute("COMMIT")
+                for statement, params in statements:
+                    compiled = _compile(statement, dialect)
+                    cursor.execute(compiled.sql, _arguments(compiled, params))
             except BaseException:
-                # a failed statement leaves the block open (the server skips the rest until the Sync): end it,
-                # so the connection goes back idle
-                if not connection.closed and connection.info.transaction_status != pq.TransactionStatus.IDLE:
-                    try:
-                        connection.rollback()
-                    except Exception:  # gone: the caller's handler closes it
-                        pass
+                cursor.execute("ROLLBACK")
                 raise
+            cursor.execute("COMMIT")
         finally:
             cursor.close()
     _on_connection(together, statements[0][0])
+
+
+_combinations: dict[tuple[int, ...], object] = {}
+
+
+def _combined(statements: tuple):
+    """The last statement with the others as CTEs ``w0``, ``w1``…, their parameters renamed ``w0_name``…: one
+    statement PostgreSQL runs atomically. Kept per combination (statements are module-level constants)."""
+    key = tuple(id(statement) for statement in statements)
+    found = _combinations.get(key)
+    if found is None:
+        ctes = []
+        for index, statement in enumerate(statements[:-1]):
+            def rename(element, prefix=f"w{index}_"):
+                if isinstance(element, BindParameter):
+                    return bindparam(prefix + element.key, value=element.value, type_=element.type,
+                                     required=element.required)
+                return None
+            ctes.append(replacement_traverse(statement, {}, rename).cte(f"w{index}"))
+        found = _combinations[key] = statements[-1].add_cte(*ctes)
+    return found
 
 
 def _execute(cursor, sql: str, args, rows: bool, sqlite: bool):

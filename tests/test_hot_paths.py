@@ -98,10 +98,10 @@ class RedisCommands:
 
 
 def _together(app, *statements: str) -> list[str]:
-    """How ``database.execute_together`` shows: one pipelined transaction on PostgreSQL; on SQLite the statements
-    (in-process, under BEGIN IMMEDIATE)."""
+    """How ``database.execute_together`` shows: on PostgreSQL one statement (the others are its CTEs), tagged as
+    the last; on SQLite the statements (in-process, under BEGIN IMMEDIATE)."""
     if app.config["DATABASE_URL"].startswith("postgresql"):
-        return ["+".join(("BEGIN", *statements, "COMMIT"))]
+        return [statements[-1]]
     return list(statements)
 
 
