@@ -94,7 +94,12 @@ def server_command(kind: str, app: str, port: int, workers: int, threads: int) -
     raise ValueError(kind)
 
 
-def default_threads(kind: str) -> int:
+def default_threads(kind: str, shared: bool = False) -> int:
+    """Threads per worker, as measured (operator guide §1.3): granian 4 on a core of its own; 2 per worker when
+    the workers share the machine's cores with PostgreSQL and Redis (--both-cores), where more threads only
+    contend for the interpreter lock (25 November 2026: p99 of code redemption 47 vs 68 ms, exchange 51 vs 60)."""
+    if kind == "granian" and shared:
+        return 2
     return {"granian": 4, "gunicorn-gthread": 8, "gunicorn-sync": 1}[kind]
 
 
@@ -112,6 +117,7 @@ class Bench:
         self.results: list[dict] = []
         self.notes: list[str] = []
         self.pinned = not args.both_cores
+        self.round = 1
         self.workers = args.workers or (1 if self.pinned else 2)
         self.server_cpus = "0" if self.pinned else None
         self.load_cpus = "1" if self.pinned else None
@@ -210,7 +216,7 @@ class Bench:
         socket_errors = sum(result.get("socket_errors", {}).values())
         errors = result.get("non2xx", result.get("failures", 0)) + result.get("unexpected", 0) + socket_errors
         entry = {"case": name, "target": target, "group": group or name, **(extra or {}), **result,
-                 "errors": errors}
+                 "errors": errors, "round": self.round}
         notes = []
         if result.get("exhausted"):
             notes.append("ran out of pre-minted credentials: rate understated")
@@ -476,7 +482,7 @@ class Bench:
             kind, selection = self.select_server(app, inst)
             log(f"chosen: {kind}")
         workers = self.workers
-        threads = args.threads or default_threads(kind)
+        threads = args.threads or default_threads(kind, shared=not self.pinned)
         inst.workers = workers
         server = {"kind": kind, "workers": workers, "threads": threads,
                   "command": " ".join(server_command(kind, "wsgi:app", inst.port, workers, threads)),
@@ -509,13 +515,20 @@ class Bench:
         if reference is not None:
             self.stop(reference)
 
-        for name in ("code_redemption", "refresh_rotation", "token_exchange", "revocation", "network_grant"):
-            if wanted(name):
-                self.our_case(name, app, inst, idp)
-        if wanted("password_logins"):
-            self.logins("password", inst, idp, lines)
-        if wanted("network_logins"):
-            self.logins("network", inst, idp, lines)
+        rounds = 1 if self.pinned else args.rounds
+        for self.round in range(1, rounds + 1):
+            if self.round > 1:
+                log(f"round {self.round} of {rounds}")
+                for name in RATIO_TARGETS:
+                    if wanted(name):
+                        self.our_case(name, app, inst, idp)
+            for name in ("code_redemption", "refresh_rotation", "token_exchange", "revocation", "network_grant"):
+                if wanted(name):
+                    self.our_case(name, app, inst, idp)
+            if wanted("password_logins"):
+                self.logins("password", inst, idp, lines)
+            if wanted("network_logins"):
+                self.logins("network", inst, idp, lines)
         self.stop(idp)
         return {"server": server, "selection": selection}
 
@@ -576,10 +589,16 @@ class Bench:
                                 "reference_p99_ms": round(ref[name]["measured_us"]["p99"] / 1000, 2)}
         logins = self.login_path(ours)
         both = None
-        if not self.pinned:
-            both = {e["case"]: {"errors": e["errors"], "p99_ms": round(e["measured_us"]["p99"] / 1000, 2),
-                                "met": e["errors"] == 0 and e["measured_us"]["p99"] < 50_000}
-                    for e in self.results if e.get("target") == "ours" and e.get("measured_us")}
+        if not self.pinned:  # per case: every round's p99, judged on their median (a shared, noisy machine)
+            both = {}
+            for e in self.results:
+                if e.get("target") == "ours" and e.get("measured_us"):
+                    row = both.setdefault(e["case"], {"errors": 0, "p99_ms_by_round": []})
+                    row["errors"] += e["errors"]
+                    row["p99_ms_by_round"].append(round(e["measured_us"]["p99"] / 1000, 2))
+            for row in both.values():
+                row["p99_ms"] = round(statistics.median(row["p99_ms_by_round"]), 2)
+                row["met"] = row["errors"] == 0 and row["p99_ms"] < 50
         doc = {
             "started": self.started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -666,9 +685,12 @@ class Bench:
             print("ratio = req/s ours / req/s reference; cpu ratio = reference's server CPU per request / ours (the "
                   "ratio a dedicated core would give if each saturated it; ours excludes PostgreSQL and Redis)")
         if doc.get("both_cores"):
-            print("\n== both cores, 64 connections: no errors and p99 < 50 ms")
+            print(f"\n== both cores, {self.connections} connections: no errors and p99 < 50 ms (median p99 of "
+                  f"{self.args.rounds} round(s))")
             for name, r in doc["both_cores"].items():
-                print(f"{name:<22} errors {r['errors']:>6}  p99 {r['p99_ms']:>9.2f} ms  {'yes' if r['met'] else 'NO'}")
+                rounds = " ".join(f"{v:.1f}" for v in r["p99_ms_by_round"])
+                print(f"{name:<22} errors {r['errors']:>6}  p99 {r['p99_ms']:>9.2f} ms  {'yes' if r['met'] else 'NO':<3}"
+                      f"  rounds: {rounds}")
         if doc.get("scale"):
             print(f"\n== scale: p99 with {self.args.scale} accounts + {self.args.scale} refresh tokens vs "
                   f"{self.args.accounts} accounts (target ≤ 1.3×; median of {self.args.scale_rounds} rounds)")
@@ -758,7 +780,8 @@ def parse_args(argv=None):
     parser.add_argument("--server", choices=("auto", *SERVERS), default="auto",
                         help="WSGI server; auto measures the three and picks the best (default)")
     parser.add_argument("--workers", type=int, help="IdP worker processes (default 1 pinned, 2 with --both-cores)")
-    parser.add_argument("--threads", type=int, help="threads per worker (default granian 4, gthread 8)")
+    parser.add_argument("--threads", type=int,
+                        help="threads per worker (default granian 4, 2 with --both-cores; gthread 8)")
     parser.add_argument("--select-duration", type=float, default=3, help="seconds per selection measurement")
     parser.add_argument("--cases", help="comma-separated subset, e.g. discovery,userinfo,password_logins")
     parser.add_argument("--login-concurrency", type=int, default=4,
@@ -771,6 +794,9 @@ def parse_args(argv=None):
                         help="compare refresh and userinfo p99 on N accounts + N refresh tokens (default 10^6) "
                              "with --accounts")
     parser.add_argument("--scale-rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --both-cores: measure every case N times and judge each case on the median of "
+                             "its p99s (this machine kind is shared and noisy; every round is reported)")
     parser.add_argument("--db-name", default="idp_bench")
     parser.add_argument("--scale-db-name", default="idp_bench_scale",
                         help="kept between runs and reused while its size matches (--fresh-db to re-seed)")
