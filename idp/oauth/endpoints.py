@@ -48,10 +48,10 @@ class TokenRef:
 def find_token(value: str, hint: str | None) -> TokenRef | None:
     if not value or len(value) > 4096:
         return None
-    if value.count(".") == 2:
-        row = tokens.find_access(value)
+    if value.count(".") == 2:  # introspection and revocation need the token and its subject, not the person
+        row = tokens.find_access(value, with_person=False)
         return TokenRef(row, "access_token") if row is not None else None
-    row = tokens.find_refresh_token(value)
+    row = tokens.find_refresh_token(value, with_person=False)
     return TokenRef(row, "refresh_token") if row is not None else None
 
 
@@ -97,7 +97,7 @@ def introspection_claims(token: TokenRef) -> dict:
     body = {"active": True, "client_id": row.client_id, "token_type": "Bearer" if token.kind == "access_token"
             else "refresh_token", "scope": row.scope, "iat": row.issued_at, "iss": current_app.config["ISSUER"],
             "exp": row.expires_at if token.kind == "access_token" else row.refresh_expires_at}
-    body["sub"] = row.person.public_id if row.person is not None else row.client_id
+    body["sub"] = row.public_id if row.public_id is not None else row.client_id
     if token.kind == "access_token":
         body["jti"], body["aud"] = row.jti, row.audience
     if row.auth_time is not None:
