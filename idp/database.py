@@ -132,7 +132,7 @@ class _AutocommitConnections:
                 held = self._idle.pop() if self._idle else None
             if held is None:
                 return self._connect()
-            if not connection_dropped(*held):
+            if not connection_dropped(held[0], held[1]):
                 return held
             _close(held)
 
@@ -156,11 +156,11 @@ class _AutocommitConnections:
         connection = made.dbapi_connection
         if self.sqlite:
             connection.isolation_level = None  # sqlite3's autocommit
-            return connection, None
+            return connection, None, connection.cursor()
         connection.autocommit = True
         poller = select.poll()
         poller.register(connection.pgconn.socket, select.POLLIN | select.POLLPRI)
-        return connection, poller
+        return connection, poller, connection.cursor()
 
 
 def _usable(connection) -> bool:
@@ -190,20 +190,16 @@ def _connections(engine) -> _AutocommitConnections:
 
 
 def _run(statement, params: dict, rows: bool):
-    def one(connection, sqlite: bool, dialect):
+    def one(cursor, sqlite: bool, dialect):
         compiled = _compile(statement, dialect)
-        sql, args = compiled.sql, _arguments(compiled, params)
-        cursor = connection.cursor()
-        try:
-            return _execute(cursor, sql, args, rows, sqlite)
-        finally:
-            cursor.close()
+        return _execute(cursor, compiled.sql, _arguments(compiled, params), rows, sqlite)
     return _on_connection(one, statement)
 
 
 def _on_connection(work, statement):
-    """``work(connection, sqlite, dialect)`` on an autocommit connection; driver errors come out as SQLAlchemy's,
-    and a connection that died leaves for good."""
+    """``work(cursor, sqlite, dialect)`` with the cursor of an autocommit connection (kept with it: making a
+    psycopg cursor costs a third of a lookup); driver errors come out as SQLAlchemy's, and a connection that died
+    leaves for good."""
     engine = db.engine
     dialect = engine.dialect
     dbapi_error = dialect.loaded_dbapi.Error
@@ -214,13 +210,16 @@ def _on_connection(work, statement):
         raise exc.DBAPIError.instance(None, None, error, dbapi_error) from error
     connection = held[0]
     try:
-        result = work(connection, connections.sqlite, dialect)
+        result = work(held[2], connections.sqlite, dialect)
     except dbapi_error as error:
         gone = not _usable(connection) or dialect.is_disconnect(error, connection, None)
         if gone:
             _close(held)
-        else:
-            connections.put_back(held)  # in autocommit a failed statement leaves nothing open
+        else:  # in autocommit a failed statement leaves nothing open; a new cursor, nothing of the old one
+            try:
+                connections.put_back((connection, held[1], connection.cursor()))
+            except dbapi_error:
+                _close(held)
         raise exc.DBAPIError.instance(str(statement), None, error, dbapi_error,
                                       connection_invalidated=gone) from error
     connections.put_back(held)
@@ -244,20 +243,16 @@ def execute_together(statements: list[tuple]) -> None:
         execute(combined, params)
         return
 
-    def together(connection, sqlite: bool, dialect):
-        cursor = connection.cursor()
+    def together(cursor, sqlite: bool, dialect):
+        cursor.execute("BEGIN IMMEDIATE")
         try:
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                for statement, params in statements:
-                    compiled = _compile(statement, dialect)
-                    cursor.execute(compiled.sql, _arguments(compiled, params))
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
-        finally:
-            cursor.close()
+            for statement, params in statements:
+                compiled = _compile(statement, dialect)
+                cursor.execute(compiled.sql, _arguments(compiled, params))
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
     _on_connection(together, statements[0][0])
 
 
