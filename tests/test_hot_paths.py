@@ -83,7 +83,6 @@ class RedisCommands:
         self.app, self.commands = app, []
 
     def __enter__(self):
-        from idp.store import connect  # noqa: F401 - the client is the app's, made at start
         self.client = self.app.extensions["idp.store"].redis
         send = self.client.execute_command
 
