@@ -312,36 +312,33 @@ class BeforeFlask:
         """The network-autologin grant of a first-party public app (``grants.NetworkAutologinGrant``): the same
         checks, the same identity (``gateway.identify``, decided once per request and kept in the environ, so a
         request handed to Flask after it is not identified twice), the same tokens and audit event."""
-        from authlib.oauth2.rfc6749 import scope_to_list
+        from authlib.oauth2 import OAuth2Error
 
-        from . import gateway, signals
+        from . import gateway
         from .oauth import tokens
         from .oauth.clients import query_client
-        from .oauth.grants import id_token
-        from .oauth.scopes import ACR_NETWORK, AMR, SCOPES
+        from .oauth.grants import announce_network_login, id_token, network_login, network_scope
         if "HTTP_AUTHORIZATION" in environ:
             raise _PassOn
         client = query_client(form["client_id"])
         if client is None or not client.check_endpoint_auth_method("none", "token") or not client.first_party \
                 or not client.check_grant_type(NETWORK_GRANT):
             raise _PassOn
-        requested = scope_to_list(form.get("scope")) or []
-        if set(requested) - set(SCOPES) or set(requested) - set(scope_to_list(client.get_allowed_scope(
-                " ".join(requested))) or []):
-            raise _PassOn
+        try:
+            scope = network_scope(client, form.get("scope"))
+        except OAuth2Error:
+            raise _PassOn from None
         person = gateway.eligible_account(gateway.identify(environ))
         if person is None:
             raise _PassOn
-        scope = " ".join(requested)
-        login = tokens.new_family(int(time.time()), ACR_NETWORK, AMR[ACR_NETWORK], None)
+        login = network_login()
         token, row = tokens.issue(client, NETWORK_GRANT, scope, account=person, login=login,
                                   include_refresh=client.check_grant_type("refresh_token"))
-        if "openid" in requested:
+        if "openid" in scope.split():
             token["id_token"] = id_token(token, client, login, person)
         body = _authlib_json_bytes(token)
         with audit.collected() as events:
-            signals.emit(signals.LOGIN_SUCCEEDED, account_id=person.id, line=person.username,
-                         client_id=client.client_id, acr=ACR_NETWORK, via="network_grant")
+            announce_network_login(person, client)
         try:
             tokens.save(row, also=events)  # the login's token and its audit event: together, one round trip
         except Exception as error:

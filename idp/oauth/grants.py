@@ -252,6 +252,26 @@ class OpenIDTokenExtension(IdTokenMixin, OpenIDToken):
     ``auth_time``, OIDC Core §12.2) and the network-autologin grant."""
 
 
+def network_scope(client, scope: str | None) -> str:
+    """The scope a network-autologin grant asks for, if every scope in it is one we support and the client may
+    have (raise InvalidScopeError); also used by ``idp.fastpaths``."""
+    requested = scope_to_list(scope) or []
+    allowed = scope_to_list(client.get_allowed_scope(" ".join(requested))) or []
+    if set(requested) - set(SCOPES) or set(requested) - set(allowed):
+        raise InvalidScopeError()
+    return " ".join(requested)
+
+
+def network_login() -> tokens.LoginContext:
+    """A new grant family at the network level (``acr`` network, ``amr`` mno), authenticated now."""
+    return tokens.new_family(int(time.time()), ACR_NETWORK, AMR[ACR_NETWORK], None)
+
+
+def announce_network_login(person, client) -> None:
+    signals.emit(signals.LOGIN_SUCCEEDED, account_id=person.id, line=person.username, client_id=client.client_id,
+                 acr=ACR_NETWORK, via="network_grant")
+
+
 class NetworkAutologinGrant(IssuingMixin, grants.BaseGrant, grants.TokenEndpointMixin):
     """Network autologin for the operator's first-party native apps (SPEC §3 point 3, issue 5 point 5a).
 
@@ -267,25 +287,20 @@ class NetworkAutologinGrant(IssuingMixin, grants.BaseGrant, grants.TokenEndpoint
         client = self.authenticate_token_endpoint_client()
         if not client.first_party or not client.check_grant_type(self.GRANT_TYPE):
             raise UnauthorizedClientError("The client may not use network autologin.")
-        self.validate_requested_scope()
-        requested = scope_to_list(self.request.payload.scope) or []
-        allowed = scope_to_list(client.get_allowed_scope(" ".join(requested))) or []
-        if set(requested) - set(allowed):
-            raise InvalidScopeError()
+        scope = network_scope(client, self.request.payload.scope)
         account = gateway.eligible_account(gateway.identify())
         if account is None:
             raise InvalidGrantError("The request did not come through the operator's network for an eligible line.")
         self.request.client = client
         self.request.user = account
-        self.request.scope = " ".join(requested)
+        self.request.scope = scope
 
     @hooked  # the ID token extension hooks after_create_token_response
     def create_token_response(self):
         account, client = self.request.user, self.request.client
-        self.request.login_context = tokens.new_family(int(time.time()), ACR_NETWORK, AMR[ACR_NETWORK], None)
+        self.request.login_context = network_login()
         token = self.generate_token(user=account, scope=self.request.scope,
                                     include_refresh_token=client.check_grant_type("refresh_token"))
         self.save_token(token)
-        signals.emit(signals.LOGIN_SUCCEEDED, account_id=account.id, line=account.username,
-                     client_id=client.client_id, acr=ACR_NETWORK, via="network_grant")
+        announce_network_login(account, client)
         return 200, token, self.TOKEN_RESPONSE_HEADER
