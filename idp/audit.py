@@ -32,7 +32,7 @@ def _environ() -> dict | None:
     keeps it in ``g`` of its application context); None on the console."""
     if has_request_context():
         return request.environ
-    return g.get("wsgi_environ")
+    return g.get("wsgi_environ") if has_app_context() else None
 
 
 def correlation_id() -> str:
