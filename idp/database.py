@@ -231,7 +231,7 @@ def execute_together(statements: list[tuple]) -> None:
     PostgreSQL one statement, so one round trip and one commit: the others become data-modifying CTEs of the last
     (``_combined``, compiled once); on SQLite, which has no such CTEs, one after the other under the write lock
     (BEGIN IMMEDIATE … COMMIT). For writes that stand or fall together, such as a token and the audit event of its
-    issue."""
+    issue. Work the ORM session has in progress is committed first, as ``execute`` does."""
     if len(statements) == 1:
         execute(statements[0][0], statements[0][1])
         return
@@ -242,6 +242,7 @@ def execute_together(statements: list[tuple]) -> None:
             params.update({f"w{index}_{name}": value for name, value in values.items()})
         execute(combined, params)
         return
+    _commit_session_work()
 
     def together(cursor, sqlite: bool, dialect):
         cursor.execute("BEGIN IMMEDIATE")
@@ -316,8 +317,13 @@ def execute(statement, params: dict, *, beside_session: bool = False) -> int:
     here one after the other, never interleaved in one transaction (on SQLite this connection would otherwise
     wait behind the session's own lock). ``beside_session`` leaves that work pending instead, for a record that
     must stand whatever becomes of it (the audit log)."""
-    if not beside_session and db.session.registry.has():
+    if not beside_session:
+        _commit_session_work()
+    return _run(statement, params, rows=False)
+
+
+def _commit_session_work() -> None:
+    if db.session.registry.has():
         session = db.session()
         if session.in_transaction():
             session.commit()
-    return _run(statement, params, rows=False)
