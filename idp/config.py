@@ -56,6 +56,8 @@ DEFAULTS: dict[str, object] = {
     "COOKIE_SECURE": None,  # None: Secure everywhere but development and test
     # clients
     "CLIENT_CACHE_TTL": 30,  # seconds a worker keeps a client's registration in memory
+    # token storage
+    "DURABLE_TOKEN_ISSUE": False,  # true: a new token's commit waits for the disk (operator guide §1.3)
     # token exchange (RFC 8693; README "Token exchange"); each client's policy: `idp clients exchange-policy`
     "EXCHANGE_TOKEN_TTL": 300,  # seconds an exchanged token lives (≤ 900; ≤ ACCESS_TOKEN_TTL and its subject)
     "EXCHANGE_TRUSTED_ISSUERS": [],  # external issuers whose JWTs may be exchanged (JSON list; README)

@@ -117,10 +117,13 @@ class _AutocommitConnections:
     with 20 concurrent refreshes). At most ``IDLE`` wait per worker; disposing the app's engine closes them."""
     IDLE = 8
 
-    def __init__(self, engine, connect_args: dict):
+    def __init__(self, engine, connect_args: dict, durable: bool = True):
         self.sqlite = engine.dialect.name == "sqlite"
         if self.sqlite:  # shared between threads, one at a time
             connect_args = {**connect_args, "check_same_thread": False}
+        elif not durable:  # commits that do not wait for the WAL flush (``execute(durable=False)``)
+            options = f"{connect_args.get('options', '')} -c synchronous_commit=off".strip()
+            connect_args = {**connect_args, "options": options}
         self.maker = create_engine(engine.url, poolclass=NullPool, connect_args=connect_args)
         self._idle: list[tuple] = []
         self._lock = threading.Lock()
@@ -178,32 +181,39 @@ _autocommit: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _autocommit_lock = threading.Lock()
 
 
-def _connections(engine) -> _AutocommitConnections:
-    found = _autocommit.get(engine)
+def _connections(engine, durable: bool) -> _AutocommitConnections:
+    """The engine's autocommit connections: durable ones (every commit waits for the WAL flush, PostgreSQL's
+    default) and, made only when first asked for, ones whose commits do not wait (``synchronous_commit=off``).
+    SQLite has one kind."""
+    sets = _autocommit.get(engine)
+    durable = durable or engine.dialect.name == "sqlite"
+    found = sets.get(durable) if sets is not None else None
     if found is None:
         with _autocommit_lock:
-            found = _autocommit.get(engine)
+            sets = _autocommit.setdefault(engine, {})
+            found = sets.get(durable)
             if found is None:
                 options = current_app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
-                found = _autocommit[engine] = _AutocommitConnections(engine, dict(options.get("connect_args", {})))
+                found = sets[durable] = _AutocommitConnections(engine, dict(options.get("connect_args", {})),
+                                                               durable)
     return found
 
 
-def _run(statement, params: dict, rows: bool):
+def _run(statement, params: dict, rows: bool, durable: bool = True):
     def one(cursor, sqlite: bool, dialect):
         compiled = _compile(statement, dialect)
         return _execute(cursor, compiled.sql, _arguments(compiled, params), rows, sqlite)
-    return _on_connection(one, statement)
+    return _on_connection(one, statement, durable)
 
 
-def _on_connection(work, statement):
+def _on_connection(work, statement, durable: bool = True):
     """``work(cursor, sqlite, dialect)`` with the cursor of an autocommit connection (kept with it: making a
     psycopg cursor costs a third of a lookup); driver errors come out as SQLAlchemy's, and a connection that died
     leaves for good."""
     engine = db.engine
     dialect = engine.dialect
     dbapi_error = dialect.loaded_dbapi.Error
-    connections = _connections(engine)
+    connections = _connections(engine, durable)
     try:
         held = connections.take()
     except dbapi_error as error:
@@ -226,21 +236,21 @@ def _on_connection(work, statement):
     return result
 
 
-def execute_together(statements: list[tuple]) -> None:
+def execute_together(statements: list[tuple], *, durable: bool = True) -> None:
     """Several INSERT/UPDATE/DELETE, ``(statement, params)`` each, as one transaction: all of them or none. On
     PostgreSQL one statement, so one round trip and one commit: the others become data-modifying CTEs of the last
     (``_combined``, compiled once); on SQLite, which has no such CTEs, one after the other under the write lock
     (BEGIN IMMEDIATE … COMMIT). For writes that stand or fall together, such as a token and the audit event of its
-    issue. Work the ORM session has in progress is committed first, as ``execute`` does."""
+    issue. Work the ORM session has in progress is committed first, as ``execute`` does; ``durable`` as there."""
     if len(statements) == 1:
-        execute(statements[0][0], statements[0][1])
+        execute(statements[0][0], statements[0][1], durable=durable)
         return
     if db.engine.dialect.name == "postgresql":
         combined = _combined(tuple(statement for statement, _params in statements))
         params = dict(statements[-1][1])
         for index, (_statement, values) in enumerate(statements[:-1]):
             params.update({f"w{index}_{name}": value for name, value in values.items()})
-        execute(combined, params)
+        execute(combined, params, durable=durable)
         return
     _commit_session_work()
 
@@ -309,17 +319,23 @@ def fetch(statement, params: dict) -> list[tuple]:
     return _run(statement, params, rows=True)
 
 
-def execute(statement, params: dict, *, beside_session: bool = False) -> int:
+def execute(statement, params: dict, *, beside_session: bool = False, durable: bool = True) -> int:
     """Run one INSERT/UPDATE/DELETE on its own, in autocommit (atomic by itself): one round trip. Rows affected.
     The statement gives every value: the models' Python-side defaults (``default=utcnow``…) do not run here.
 
     Work the ORM session has in progress is committed first: a request writes through the session and through
     here one after the other, never interleaved in one transaction (on SQLite this connection would otherwise
     wait behind the session's own lock). ``beside_session`` leaves that work pending instead, for a record that
-    must stand whatever becomes of it (the audit log)."""
+    must stand whatever becomes of it (the audit log).
+
+    ``durable=False`` (PostgreSQL): the commit does not wait for its WAL record to reach the disk
+    (``synchronous_commit=off``, on connections of their own). It is visible to every other session at once,
+    exactly as a durable commit; only a crash of the database server within its last ~0.6 s (three
+    ``wal_writer_delay``) can lose it — so only for writes whose loss refuses something rather than grants it,
+    such as a newly issued token (``tokens.save``). Never for a revocation, a claim or an account change."""
     if not beside_session:
         _commit_session_work()
-    return _run(statement, params, rows=False)
+    return _run(statement, params, rows=False, durable=durable)
 
 
 def _commit_session_work() -> None:

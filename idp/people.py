@@ -39,6 +39,25 @@ class Person:
         return self.public_id
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """The account a token was issued to, without its claims: who it is and whether it may still get tokens (what
+    token exchange reads of a subject token's person)."""
+    id: int
+    public_id: str
+    username: str
+    status: str
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == "active"
+
+    def get_user_id(self) -> str:
+        return self.public_id
+
+
+HOLDER_COLUMNS = (_accounts.c.id, _accounts.c.public_id, _accounts.c.username, _accounts.c.status)
+
 COLUMNS = (_accounts.c.id, _accounts.c.public_id, _accounts.c.username, _accounts.c.email,
            _accounts.c.email_verified, _accounts.c.role, _accounts.c.status, _customers.c.code, _customers.c.name,
            _lines.c.msisdn)

@@ -55,3 +55,35 @@ def test_statements_together_are_written_together_or_not_at_all(make_app):
         # the connection went back idle: the next statements run (no "current transaction is aborted")
         database.execute_together([(third, {})])
         assert database.fetch(_COUNT_CUSTOMERS, {})[0][0] == before + 3
+
+
+@pytest.mark.skipif(not DATABASE_URL, reason="synchronous_commit is PostgreSQL's")
+@pytest.mark.parametrize("durable_issue", [False, True])
+def test_issued_tokens_do_not_wait_for_the_disk_but_revocations_do(make_app, monkeypatch, durable_issue):
+    """A new token's INSERT commits with ``synchronous_commit=off`` (its loss in a crash refuses, never grants),
+    unless ``DURABLE_TOKEN_ISSUE``; the revocation's UPDATE always waits for the WAL flush."""
+    from .helpers import Factory, basic
+    app = make_app(DURABLE_TOKEN_ISSUE=durable_issue)
+    rp = Factory(app).rp(grant_types=("client_credentials",), scope="profile")
+    seen = []
+    execute = database._execute
+
+    def traced(cursor, sql, args, rows, sqlite):
+        setting = cursor.connection.execute("SHOW synchronous_commit").fetchone()[0]
+        seen.append((sql.lstrip().split()[0].upper(), setting))
+        return execute(cursor, sql, args, rows, sqlite)
+    monkeypatch.setattr(database, "_execute", traced)
+    client = app.test_client()
+    issued = client.post("/token", data={"grant_type": "client_credentials", "scope": "profile"},
+                         headers=basic(rp.client_id, rp.secret))
+    assert issued.status_code == 200
+    assert ("INSERT", "on" if durable_issue else "off") in seen
+    seen.clear()
+    revoked = client.post("/revoke", data={"token": issued.json["access_token"]}, headers=basic(rp.client_id, rp.secret))
+    assert revoked.status_code == 200
+    assert [setting for statement, setting in seen if statement == "UPDATE"] == ["on"]
+    assert all(setting == "on" for statement, setting in seen if statement != "SELECT")
+    # the revocation is seen, and the token refused, by every connection at once
+    introspected = client.post("/introspect", data={"token": issued.json["access_token"]},
+                               headers=basic(rp.client_id, rp.secret))
+    assert introspected.json == {"active": False}

@@ -7,6 +7,7 @@ validates what comes out, on its own, through the IdP's JWKS or its introspectio
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -1004,3 +1005,37 @@ def test_example_api_refetches_rotated_keys_at_a_bounded_rate(ext):
         assert call(token(kid=f"bogus-{index}")).status_code == 401
     assert ext.fetches <= 3
     assert call(token(typ="JWT")).status_code == 401  # an ID token or any other JWT is not an access token
+
+
+def _b64json(value) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("value, words", [
+    ("a.b.c", "not a signed JWT"),  # segments that are not base64url JSON
+    (_b64json({"alg": "ES256"}) + "." + _b64json({"iss": "x"}) + ".", "not a signed JWT"),  # no signature
+    (_b64json({"alg": "ES256"}) + "." + _b64json({"iss": "x"}) + ".c2ln=", "not a signed JWT"),  # padding
+    (_b64json({"alg": "ES256"}) + "=." + _b64json({"iss": "x"}) + ".c2ln", "not a signed JWT"),
+    (_b64json(["alg"]) + "." + _b64json({"iss": "x"}) + ".c2ln", "not a signed JWT"),  # header not an object
+    (_b64json({"typ": "JWT"}) + "." + _b64json({"iss": "x"}) + ".c2ln", "not a signed JWT"),  # no alg
+    (_b64json({"alg": "ES256"}) + "." + _b64json(["iss"]) + ".c2ln", "has no issuer"),
+    (_b64json({"alg": "ES256"}) + "." + _b64json({"iss": 7}) + ".c2ln", "has no issuer"),
+    (_b64json({"alg": "ES256"}) + ".é" + _b64json({"iss": "x"}) + ".c2ln", "not a signed JWT"),
+    ("eyJ." * 2 + "x", "not a signed JWT"),
+])
+def test_a_malformed_jwt_is_refused_before_any_lookup(value, words):
+    """The routing peek at a subject or actor token (RFC 7515 §7.1 compact form): anything but base64url JSON
+    objects with an ``alg`` and an ``iss`` is invalid_request, never an exception."""
+    from authlib.oauth2.rfc6749 import InvalidRequestError
+
+    from idp.oauth.exchange import _peek
+    with pytest.raises(InvalidRequestError) as refused:
+        _peek(value, "subject")
+    assert words in refused.value.description
+
+
+def test_the_peek_reads_header_and_claims_of_a_real_token(env):
+    from idp.oauth.exchange import _peek
+    access_token = env.my3_tokens()["access_token"]
+    header, claims = _peek(access_token, "subject")
+    assert header["alg"] == "ES256" and header["typ"] == "at+jwt" and claims["iss"] == env.app.config["ISSUER"]

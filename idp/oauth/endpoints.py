@@ -49,9 +49,9 @@ def find_token(value: str, hint: str | None) -> TokenRef | None:
     if not value or len(value) > 4096:
         return None
     if value.count(".") == 2:  # introspection and revocation need the token and its subject, not the person
-        row = tokens.find_access(value, with_person=False)
+        row = tokens.find_access(value, tokens.BRIEF)
         return TokenRef(row, "access_token") if row is not None else None
-    row = tokens.find_refresh_token(value, with_person=False)
+    row = tokens.find_refresh_token(value, tokens.BRIEF)
     return TokenRef(row, "refresh_token") if row is not None else None
 
 

@@ -15,7 +15,7 @@ presented.
 **Subject tokens.**
 
 - Our own **access tokens**: found by their hash (byte for byte one we issued, of a key not revoked), not
-  expired, not revoked, through ``tokens.active_access_token``. They must have been issued to the exchanging
+  expired, not revoked, through ``tokens.find_access``. They must have been issued to the exchanging
   client, name it in their ``aud``, or have been issued to a client its policy names (``subject_clients``). They must represent a
   person: a ``client_credentials`` token is refused as a subject. **They may be exchanged more than once**
   while they live: the client already presents that bearer token to every resource of its audience, so a
@@ -69,7 +69,9 @@ rows of the ``tokens`` table, so revocation and introspection work on them.
 """
 from __future__ import annotations
 
+import base64
 import json
+import re
 import secrets
 import threading
 import time
@@ -82,7 +84,7 @@ from authlib.oauth2.rfc6749 import (InvalidRequestError, InvalidScopeError, Unau
                                     scope_to_list)
 from flask import current_app
 from flask import request as flask_request
-from joserfc import jws, jwt
+from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import select
@@ -91,7 +93,7 @@ from .. import msisdn, signals
 from ..extensions import db
 from ..keystore import keyring
 from ..models import Account, AccountLine, Line
-from ..people import Person
+from ..people import Holder, Person
 from ..store import store
 from . import tokens
 from .grants import CONFIDENTIAL_AUTH_METHODS
@@ -108,6 +110,7 @@ POLICY_KEY = "token_exchange"
 SELF = "self"  # in a policy's issuers: this IdP, whatever its ISSUER is
 LEEWAY = 30  # seconds of clock skew allowed on external tokens' exp, nbf, iat
 MAX_TOKEN_LENGTH = 8192
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _SINGLE_PARAMETERS = ("subject_token", "subject_token_type", "actor_token", "actor_token_type",
                       "requested_token_type", "scope")
 
@@ -392,7 +395,7 @@ class Presented:
     issuer: str
     claims: dict
     identity: dict  # sub, iss (and client_id) of whoever the token stands for: matched against may_act
-    account: Account | Person | None = None  # a Person for our own tokens (read with them), else the row
+    account: Account | Holder | Person | None = None  # our access tokens: their Holder (read with them)
     scope: set[str] = field(default_factory=set)
     assurance: Assurance | None = None
     expires_at: int = 0
@@ -404,16 +407,25 @@ def _bad(description: str) -> InvalidRequestError:
     return InvalidRequestError(description)
 
 
+def _segment(segment: str):
+    if len(segment) % 4 == 1 or not _BASE64URL.fullmatch(segment):
+        raise ValueError("not base64url")
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
 def _peek(value: str, role: str) -> tuple[dict, dict]:
-    """Header and claims of a compact JWS, unverified: only to route it to the right checks."""
+    """Header and claims of a compact JWS (RFC 7515 §7.1), unverified: only to route it to the right checks (our
+    own access tokens are then found by their hash, anything else is verified by its issuer's keys)."""
     if not value or len(value) > MAX_TOKEN_LENGTH or value.count(".") != 2:
         raise _bad(f"The {role} token is not a signed JWT.")
+    header_segment, payload_segment, signature = value.split(".")
     try:
-        compact = jws.extract_compact(value.encode("ascii"))
-        header = dict(compact.headers())
-        claims = json.loads(compact.payload)
-    except (JoseError, ValueError, UnicodeError, TypeError):
+        header, claims = _segment(header_segment), _segment(payload_segment)
+    except (ValueError, UnicodeError):  # json.JSONDecodeError and binascii.Error are ValueErrors
         raise _bad(f"The {role} token is not a signed JWT.") from None
+    if not isinstance(header, dict) or not isinstance(header.get("alg"), str) or not signature \
+            or not _BASE64URL.fullmatch(signature):
+        raise _bad(f"The {role} token is not a signed JWT.")
     if not isinstance(claims, dict) or not isinstance(claims.get("iss"), str):
         raise _bad(f"The {role} token has no issuer.")
     return header, claims
@@ -452,19 +464,19 @@ def _replay_key(issuer: str, claims: dict, value: str) -> str:
     return f"exchange-used:{tokens.sha256(issuer)[:32]}:{what}"
 
 
-def _active_account(account: Account | Person | None, role: str) -> Account | Person:
+def _active_account(account: Account | Holder | Person | None, role: str) -> Account | Holder | Person:
     if account is None or not account.is_active:
         raise _bad(f"The {role} token's person has no active account here.")
     return account
 
 
-def _own_access_token(value: str, role: str, client, policy: Policy) -> Presented:
-    found = tokens.active_access_token(value)
-    if found is None:
+def _own_access_token(value: str, claims: dict, role: str, client, policy: Policy) -> Presented:
+    """One of our access tokens, usable now (``claims``: its payload; the hash match vouches for it)."""
+    row = tokens.find_access(value, tokens.HOLDER)
+    if row is None or not row.access_active():
         raise _bad(f"The {role} token is invalid, expired or revoked.")
-    claims, row = found
     issued_to = claims.get("client_id")
-    account = row.person  # read with the token, in the same statement
+    account = row.person  # who holds it and whether still active, read with the token in the same statement
     if role == "actor":
         if issued_to != client.client_id:
             raise _bad("The actor token was not issued to this client.")
@@ -601,7 +613,7 @@ def present(value: str | None, token_type: str | None, role: str, client, policy
         raise _bad(f"This client may not present {role} tokens of that issuer.")
     if issuer == current_app.config["ISSUER"]:
         if token_type == ACCESS_TOKEN:
-            return _own_access_token(value, role, client, policy)
+            return _own_access_token(value, unverified, role, client, policy)
         if token_type == ID_TOKEN:
             return _own_id_token(value, role, client, policy)
         raise _bad(f"Present our own tokens as access_token or id_token, not as jwt ({role} token).")

@@ -149,12 +149,18 @@ _INSERT_TOKEN = Token.__table__.insert().values({key: bindparam(key) for key in 
 def save(row: NewToken, also: list[tuple] = ()) -> None:
     """Insert the row with one INSERT in autocommit (the ORM unit of work costs more than the insert itself);
     with ``also`` (``(statement, params)`` pairs, e.g. ``audit.collected()`` events) in the same transaction and
-    round trip."""
+    round trip.
+
+    Unless ``DURABLE_TOKEN_ISSUE``, the commit does not wait for the disk (``database.execute(durable=False)``):
+    a token lost with the last instant of a database crash is unknown afterwards, so it is refused everywhere —
+    its client logs in again — and its audit event, written in the same transaction, goes with it. Revocations,
+    refresh-token claims and rotations always wait."""
     params = {key: getattr(row, key) for key in _TOKEN_COLUMNS}
+    durable = bool(current_app.config["DURABLE_TOKEN_ISSUE"])
     if also:
-        database.execute_together([(_INSERT_TOKEN, params), *also])
+        database.execute_together([(_INSERT_TOKEN, params), *also], durable=durable)
     else:
-        database.execute(_INSERT_TOKEN, params)
+        database.execute(_INSERT_TOKEN, params, durable=durable)
     observability.count_token(row.grant_type)
 
 
@@ -335,7 +341,7 @@ class FoundToken:
     auth_time: int | None
     acr: str | None
     amr: str | None
-    person: people.Person | None  # read only when asked for (``with_person``)
+    person: people.Person | people.Holder | None  # as much as was asked for (``read``)
     public_id: str | None = None  # the account's public id (the token's ``sub``); None for a client's token
 
     def check_client(self, client) -> bool:
@@ -361,29 +367,40 @@ def _found_select(key_column):
             .order_by(people.ORDER_BY))
 
 
-def _brief_select(key_column):
-    """The token and its account's public id only: what introspection and revocation read (a third cheaper)."""
+def _brief_select(key_column, account_columns=(Account.__table__.c.public_id,)):
+    """The token and a few columns of its account: its public id only, what introspection and revocation read (a
+    third cheaper than the person), or ``people.HOLDER_COLUMNS``."""
     tokens_, accounts = Token.__table__, Account.__table__
-    return (select(*(tokens_.c[name] for name in _FOUND_COLUMNS), accounts.c.public_id)
+    return (select(*(tokens_.c[name] for name in _FOUND_COLUMNS), *account_columns)
             .select_from(tokens_.outerjoin(accounts, accounts.c.id == tokens_.c.account_id))
             .where(key_column == bindparam("digest")))
 
 
-_BY_ACCESS_HASH = {True: _found_select(Token.__table__.c.access_hash),
-                   False: _brief_select(Token.__table__.c.access_hash)}
-_BY_REFRESH_HASH = {True: _found_select(Token.__table__.c.refresh_hash),
-                    False: _brief_select(Token.__table__.c.refresh_hash)}
+PERSON, HOLDER, BRIEF = "person", "holder", "brief"  # how much of a token's account ``find_*`` reads
+
+
+def _selects(key_column) -> dict:
+    return {PERSON: _found_select(key_column), HOLDER: _brief_select(key_column, people.HOLDER_COLUMNS),
+            BRIEF: _brief_select(key_column)}
+
+
+_BY_ACCESS_HASH = _selects(Token.__table__.c.access_hash)
+_BY_REFRESH_HASH = _selects(Token.__table__.c.refresh_hash)
 _N = len(_FOUND_COLUMNS)
 
 
-def _found(statements: dict, value: str, with_person: bool) -> FoundToken | None:
-    rows = database.fetch(statements[with_person], {"digest": sha256(value)})
+def _found(statements: dict, value: str, read: str) -> FoundToken | None:
+    rows = database.fetch(statements[read], {"digest": sha256(value)})
     if not rows:
         return None
-    if not with_person:
-        return FoundToken(*rows[0][:_N], person=None, public_id=rows[0][_N])
+    row = rows[0]
+    if read == BRIEF:
+        return FoundToken(*row[:_N], person=None, public_id=row[_N])
+    if read == HOLDER:
+        holder = people.Holder(*row[_N:]) if row[_N] is not None else None
+        return FoundToken(*row[:_N], person=holder, public_id=holder.public_id if holder is not None else None)
     person = people.from_rows(rows, _N)
-    return FoundToken(*rows[0][:_N], person=person, public_id=person.public_id if person is not None else None)
+    return FoundToken(*row[:_N], person=person, public_id=person.public_id if person is not None else None)
 
 
 def _header(value: str) -> dict:
@@ -394,12 +411,13 @@ def _header(value: str) -> dict:
         return {}
 
 
-def find_access(value: str, with_person: bool = True) -> FoundToken | None:
+def find_access(value: str, read: str = PERSON) -> FoundToken | None:
     """An access token we issued (active or not), found by its hash; ``None`` for anything else and for the
-    tokens of a revoked signing key. ``with_person``: its person too (else only ``public_id``)."""
+    tokens of a revoked signing key. ``read``: its person (``PERSON``, for claims), its ``HOLDER`` (who, and
+    whether active) or its public id only (``BRIEF``)."""
     if not value or len(value) > 4096 or value.count(".") != 2:
         return None
-    found = _found(_BY_ACCESS_HASH, value, with_person)
+    found = _found(_BY_ACCESS_HASH, value, read)
     if found is not None:
         ring = keyring()
         ring.refresh()
@@ -408,18 +426,8 @@ def find_access(value: str, with_person: bool = True) -> FoundToken | None:
     return found
 
 
-def find_refresh_token(value: str, with_person: bool = True) -> FoundToken | None:
-    """A refresh token we issued (used, expired or not), found by its hash."""
+def find_refresh_token(value: str, read: str = PERSON) -> FoundToken | None:
+    """A refresh token we issued (used, expired or not), found by its hash; ``read`` as for ``find_access``."""
     if not value or len(value) > 200:
         return None
-    return _found(_BY_REFRESH_HASH, value, with_person)
-
-
-def active_access_token(value: str) -> tuple[dict, FoundToken] | None:
-    """An access token usable now, with its claims (its payload: the hash match vouches for it)."""
-    found = find_access(value)
-    if found is None or not found.access_active():
-        return None
-    segment = value.split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    return claims, found
+    return _found(_BY_REFRESH_HASH, value, read)
