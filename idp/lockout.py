@@ -75,8 +75,8 @@ def take(line: str, address: str) -> Ticket:
     now_ms = int(time.time() * 1000)
     taken = []
     for subject, threshold in _subjects(line, address):
-        status, value = store().redis.eval(_TAKE, 3, *_keys(subject), threshold, int(config["LOCKOUT_WINDOW"]),
-                                           int(config["LOCKOUT_DURATION"]), now_ms)
+        status, value = store().script(_TAKE)(keys=list(_keys(subject)), args=[
+            threshold, int(config["LOCKOUT_WINDOW"]), int(config["LOCKOUT_DURATION"]), now_ms])
         if status <= 0:
             observability.count_refusal("lockout-" + subject.split(":", 1)[0])
             raise Locked(max(1, (int(value) + 999) // 1000), locked=status == 0)

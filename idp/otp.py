@@ -93,8 +93,8 @@ def verify(flow_key: str, purpose: str, destination: str, code: str) -> None:
     except ratelimit.RateLimited as exc:
         store().destroy(key, key + ":tries")
         raise OtpExhausted("too many tries for this destination or address") from exc
-    tries, raw = store().redis.eval(_TAKE_TRY, 2, store().key(key), store().key(key + ":tries"),
-                                    int(current_app.config["OTP_TTL"]))
+    tries, raw = store().script(_TAKE_TRY)(keys=[store().key(key), store().key(key + ":tries")],
+                                           args=[int(current_app.config["OTP_TTL"])])
     if not raw:
         raise OtpError("no code")
     record = json.loads(raw)

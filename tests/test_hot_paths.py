@@ -255,3 +255,22 @@ def test_exchanging_our_access_token_is_one_lookup_and_two_inserts(warm):
     # the subject token and its person; the new row and the exchange's audit event together
     assert database.trips == _together(app, "INSERT", "INSERT") + ["SELECT"]
     assert redis.commands == []
+
+
+def test_lua_steps_go_by_sha_on_the_login_path(make_app):
+    """Every Lua step of a login (the flow's compare-and-set, the attempt counters, the lockout) is sent as
+    EVALSHA: the script's text crosses the network once per process, not with every request."""
+    from .helpers import LINE, PASSWORD, Factory, csrf_of
+    app = make_app()
+    factory = Factory(app)
+    factory.account()
+    rp = factory.rp()
+    client = app.test_client()
+    for password in ("sbagliata-1", PASSWORD):  # a wrong password (attempts counted), then the right one
+        location = Journey(client, rp).authorize().headers["Location"]
+        page = client.get(location)
+        with RedisCommands(app) as redis:
+            response = client.post(location, data={"csrf_token": csrf_of(page.text), "username": LINE,
+                                                   "password": password})
+        assert response.status_code in (200, 302)
+        assert "EVALSHA" in redis.commands and "EVAL" not in redis.commands, redis.commands

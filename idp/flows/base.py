@@ -126,7 +126,7 @@ class Flow:
             raise FlowExpired(self.id)
         expected = self.version
         self.version += 1
-        result = store().redis.eval(_CAS, 1, store().key(self._key(self.id)), expected, self._dump(), ttl)
+        result = store().script(_CAS)(keys=[store().key(self._key(self.id))], args=[expected, self._dump(), ttl])
         if result == -1:
             raise FlowExpired(self.id)
         if result == 0:
@@ -151,8 +151,8 @@ class Flow:
         cannot restart the counter after ``finish`` destroyed it.
         """
         ttl = max(1, self.expires_at - int(time.time()))
-        used = store().redis.eval(_COUNT, 2, store().key(self._key(self.id)),
-                                  store().key(self._key(self.id) + ":attempts"), ttl)
+        used = store().script(_COUNT)(keys=[store().key(self._key(self.id)),
+                                            store().key(self._key(self.id) + ":attempts")], args=[ttl])
         if used == 0:
             raise FlowExpired(self.id)
         limit = int(current_app.config[self.attempts_setting]) if self.attempts_setting else 0

@@ -70,8 +70,8 @@ class EmployeeRegistrationFlow(Flow):
         Counted like ``count_attempt``: only while the flow exists, in one Lua step.
         """
         ttl = max(1, self.expires_at - int(time.time()))
-        used = store().redis.eval(_COUNT, 2, store().key(self._key(self.id)),
-                                  store().key(self._key(self.id) + ":pin"), ttl)
+        used = store().script(_COUNT)(keys=[store().key(self._key(self.id)),
+                                            store().key(self._key(self.id) + ":pin")], args=[ttl])
         if used == 0:
             raise FlowExpired(self.id)
         if used > int(current_app.config["SIM_PIN_MAX_ATTEMPTS"]):
