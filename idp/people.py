@@ -19,17 +19,13 @@ _links, _lines = AccountLine.__table__, Line.__table__
 
 
 @dataclass(frozen=True, slots=True)
-class Person:
+class Holder:
+    """The account a token was issued to, without its claims: who it is and whether it may still get tokens (what
+    token exchange reads of a subject token's person)."""
     id: int
     public_id: str
     username: str  # the registered line, E.164
-    email: str | None
-    email_verified: bool
-    role: str
     status: str
-    customer_code: str
-    customer_name: str
-    line_numbers: tuple[str, ...]  # the associated SIMs, by slot
 
     @property
     def is_active(self) -> bool:
@@ -40,20 +36,14 @@ class Person:
 
 
 @dataclass(frozen=True, slots=True)
-class Holder:
-    """The account a token was issued to, without its claims: who it is and whether it may still get tokens (what
-    token exchange reads of a subject token's person)."""
-    id: int
-    public_id: str
-    username: str
-    status: str
-
-    @property
-    def is_active(self) -> bool:
-        return self.status == "active"
-
-    def get_user_id(self) -> str:
-        return self.public_id
+class Person(Holder):
+    """A holder with what its claims are made of: e-mail, role, customer and SIMs."""
+    email: str | None
+    email_verified: bool
+    role: str
+    customer_code: str
+    customer_name: str
+    line_numbers: tuple[str, ...]  # the associated SIMs, by slot
 
 
 HOLDER_COLUMNS = (_accounts.c.id, _accounts.c.public_id, _accounts.c.username, _accounts.c.status)
@@ -81,7 +71,7 @@ def from_rows(rows, offset: int = 0) -> Person | None:
     if first[offset] is None:
         return None
     id_, public_id, username, email, verified, role, status, code, name = first[offset:offset + 9]
-    return Person(id_, public_id, username, email, bool(verified), role, status, code, name,
+    return Person(id_, public_id, username, status, email, bool(verified), role, code, name,
                   tuple(row[offset + 9] for row in rows if row[offset + 9] is not None))
 
 
