@@ -48,9 +48,8 @@ class Person(Holder):
 
 HOLDER_COLUMNS = (_accounts.c.id, _accounts.c.public_id, _accounts.c.username, _accounts.c.status)
 
-COLUMNS = (_accounts.c.id, _accounts.c.public_id, _accounts.c.username, _accounts.c.email,
-           _accounts.c.email_verified, _accounts.c.role, _accounts.c.status, _customers.c.code, _customers.c.name,
-           _lines.c.msisdn)
+COLUMNS = (*HOLDER_COLUMNS, _accounts.c.email, _accounts.c.email_verified, _accounts.c.role, _customers.c.code,
+           _customers.c.name, _lines.c.msisdn)  # ``Person``'s fields in order, then one SIM per row
 
 
 def joined_to(selectable, account_id_column):
@@ -70,7 +69,7 @@ def from_rows(rows, offset: int = 0) -> Person | None:
     first = rows[0]
     if first[offset] is None:
         return None
-    id_, public_id, username, email, verified, role, status, code, name = first[offset:offset + 9]
+    id_, public_id, username, status, email, verified, role, code, name = first[offset:offset + 9]
     return Person(id_, public_id, username, status, email, bool(verified), role, code, name,
                   tuple(row[offset + 9] for row in rows if row[offset + 9] is not None))
 
